@@ -15,6 +15,7 @@ int run_with_receipt(const std::string& command, const Invocation& inv,
     code = body(rc);
     if (rc.status() == "running") {
       if (code == kOk) rc.finish_ok();
+      else if (code == kInterrupted) rc.finish_interrupted("interrupted");
       else rc.finish_failed("exit code " + std::to_string(code), code == kUnavailable ? "not-available" : "error");
     }
   } catch (const ConfigError& e) {

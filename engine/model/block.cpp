@@ -1,0 +1,27 @@
+// make_block — the one place that maps a pattern letter to its block implementation.
+#include "engine/model/block.hpp"
+
+#include <stdexcept>
+
+#include "engine/model/dense_mlp.hpp"
+#include "engine/model/mamba_mixer.hpp"
+
+namespace megacpp {
+
+template <typename T>
+std::unique_ptr<Block<T>> make_block(BlockKind kind, const Recipe& r, ParamStore<T>& ps, const std::string& prefix,
+                                     int64_t max_tokens) {
+  switch (kind) {
+    case BlockKind::Dense: return std::make_unique<DenseMlp<T>>(r, ps, prefix, max_tokens);
+    case BlockKind::Mamba: return std::make_unique<MambaMixer<T>>(r, ps, prefix, max_tokens);
+    default: break;
+  }
+  throw std::runtime_error(std::string("block ") + block_letter(kind) + " (" + block_name(kind) +
+                           ") not available yet in the training stack; model.pattern '" + r.model.pattern +
+                           "' uses it (available letters: M, D)");
+}
+
+template std::unique_ptr<Block<float>> make_block(BlockKind, const Recipe&, ParamStore<float>&, const std::string&, int64_t);
+template std::unique_ptr<Block<double>> make_block(BlockKind, const Recipe&, ParamStore<double>&, const std::string&, int64_t);
+
+}  // namespace megacpp

@@ -1,0 +1,134 @@
+#include "engine/model/model.hpp"
+
+#include <cmath>
+
+#include "engine/model/cpu_ops.hpp"
+#include "kernels/common/host_rng.hpp"
+
+namespace megacpp {
+
+template <typename T>
+Model<T>::Model(const Recipe& r, int64_t max_batch, int64_t seq_len)
+    : r_(r), maxB_(max_batch), S_(seq_len), hidden_(r.model.hidden), vocab_(r.model.vocab) {
+  const int64_t M = maxB_ * S_, h = hidden_;
+  wte_ = ps_.add("embedding", {vocab_, h}, Init::normal, true);
+  const auto& layers = r.layers.layers;
+  for (std::size_t l = 0; l < layers.size(); ++l) {
+    const std::string prefix = "layers." + std::to_string(l) + ".";
+    norm_.push_back(ps_.add(prefix + "norm", {h}, Init::ones, false));
+    blocks_.push_back(make_block<T>(layers[l], r, ps_, prefix, M));
+    layer_names_.push_back(std::string(1, block_letter(layers[l])) + ":" + blocks_.back()->name());
+  }
+  final_norm_ = ps_.add("final_norm", {h}, Init::ones, false);
+  head_ = r.model.tie_embeddings ? wte_ : ps_.add("lm_head", {vocab_, h}, Init::normal, true);
+  ps_.finalize();
+  for (auto& b : blocks_) b->bind(ps_);
+  const auto L = static_cast<int64_t>(layers.size());
+  resid_.resize((L + 1) * M * h);
+  normed_.resize(L * M * h);
+  rstd_.resize(L * M);
+  fnormed_.resize(M * h), frstd_.resize(M), ybuf_.resize(M * h), dresid_.resize(M * h), dnormed_.resize(M * h);
+  dfinal_.resize(M * h);
+  targets_.resize(M);
+}
+
+template <typename T>
+void Model<T>::init_params(uint64_t seed) {
+  HostRng rng(seed);
+  const double std0 = r_.model.init_std;
+  const double out_scale = 1.0 / std::sqrt(2.0 * static_cast<double>(r_.model.depth));
+  const auto& mb = r_.model.mamba;
+  for (std::size_t i = 0; i < ps_.specs.size(); ++i) {
+    const ParamSpec& s = ps_.specs[i];
+    T* p = ps_.param(static_cast<int>(i));
+    for (int64_t k = 0; k < s.numel; ++k) {
+      double v = 0;
+      switch (s.init) {
+        case Init::normal: v = std0 * rng.normal(); break;
+        case Init::normal_scaled_out: v = std0 * out_scale * rng.normal(); break;
+        case Init::ones: v = 1; break;
+        case Init::zeros: v = 0; break;
+        case Init::constant: v = s.init_value; break;
+        case Init::identity_per_head: v = 0; break;
+        case Init::mamba_dt_bias: {
+          // Δ0 log-uniform in [dt_min, dt_max], floored; bias = softplus⁻¹(Δ0) = Δ0 + log(−expm1(−Δ0)).
+          double dt = std::exp(std::log(mb.dt_min) + rng.uniform() * (std::log(mb.dt_max) - std::log(mb.dt_min)));
+          dt = std::max(dt, mb.dt_init_floor);
+          v = dt + std::log(-std::expm1(-dt));
+          break;
+        }
+      }
+      p[k] = static_cast<T>(v);
+    }
+  }
+}
+
+template <typename T>
+double Model<T>::run(const int32_t* tokens, int64_t B, bool backward, double grad_scale) {
+  if (B > maxB_) throw std::invalid_argument("Model: batch larger than the batch the model was sized for");
+  const int64_t S = S_, h = hidden_, M = B * S;
+  const auto L = static_cast<int64_t>(blocks_.size());
+  const double eps = r_.model.norm_eps;
+  // embedding + targets
+  const T* wte = ps_.param(wte_);
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t t = 0; t < S; ++t) {
+      const int32_t tok = tokens[b * (S + 1) + t];
+      if (tok < 0 || tok >= vocab_)
+        throw std::out_of_range("token id " + std::to_string(tok) + " outside the vocabulary (" + std::to_string(vocab_) + ")");
+      std::copy(wte + tok * h, wte + (tok + 1) * h, resid_.data() + (b * S + t) * h);
+      targets_[b * S + t] = tokens[b * (S + 1) + t + 1];
+    }
+  for (int64_t l = 0; l < L; ++l) {
+    T* x = resid_.data() + l * M * h;
+    T* xn = normed_.data() + l * M * h;
+    cpu::rmsnorm_fwd(x, ps_.param(norm_[l]), xn, rstd_.data() + l * M, M, h, eps);
+    blocks_[l]->forward(xn, ybuf_.data(), B, S);
+    T* nx = resid_.data() + (l + 1) * M * h;
+    for (int64_t i = 0; i < M * h; ++i) nx[i] = x[i] + ybuf_[i];
+  }
+  const T* xl = resid_.data() + L * M * h;
+  cpu::rmsnorm_fwd(xl, ps_.param(final_norm_), fnormed_.data(), frstd_.data(), M, h, eps);
+  const double loss = cpu::lm_head_ce(fnormed_.data(), ps_.param(head_), targets_.data(), M, h, vocab_,
+                                      backward ? dfinal_.data() : static_cast<T*>(nullptr),
+                                      backward ? ps_.grad(head_) : static_cast<T*>(nullptr), grad_scale);
+  if (!backward) return loss;
+  cpu::rmsnorm_bwd(xl, ps_.param(final_norm_), frstd_.data(), dfinal_.data(), dresid_.data(), ps_.grad(final_norm_), M,
+                   h, false);
+  for (int64_t l = L - 1; l >= 0; --l) {
+    // dresid holds ∂/∂h_{l+1}; the residual passes it through, the block adds its part.
+    blocks_[l]->backward(dresid_.data(), dnormed_.data(), B, S);
+    cpu::rmsnorm_bwd(resid_.data() + l * M * h, ps_.param(norm_[l]), rstd_.data() + l * M, dnormed_.data(),
+                     dresid_.data(), ps_.grad(norm_[l]), M, h, true);
+  }
+  T* gwte = ps_.grad(wte_);
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t t = 0; t < S; ++t) {
+      const int32_t tok = tokens[b * (S + 1) + t];
+      const T* d = dresid_.data() + (b * S + t) * h;
+      for (int64_t c = 0; c < h; ++c) gwte[tok * h + c] += d[c];
+    }
+  return loss;
+}
+
+template <typename T>
+double Model<T>::forward_backward(const int32_t* tokens, int64_t B, double grad_scale) {
+  return run(tokens, B, true, grad_scale);
+}
+
+template <typename T>
+double Model<T>::forward_loss(const int32_t* tokens, int64_t B) {
+  return run(tokens, B, false, 0.0);
+}
+
+template <typename T>
+double Model<T>::flops_per_token_fwd() const {
+  double f = 2.0 * static_cast<double>(hidden_ * vocab_);
+  for (const auto& b : blocks_) f += b->flops_per_token(S_);
+  return f;
+}
+
+template class Model<float>;
+template class Model<double>;
+
+}  // namespace megacpp

@@ -1,0 +1,27 @@
+// trainer.hpp — `megacpp train`: the training loop around the model, the data loader, AdamW,
+// evaluation, checkpoints and the receipt (goodput/badput, temporal series).
+#pragma once
+#include <string>
+
+#include "engine/config/recipe.hpp"
+#include "engine/receipts/receipt.hpp"
+
+namespace megacpp {
+
+struct TrainOptions {
+  std::string resume;  // "" | "latest" | RUN_DIR | checkpoint dir
+  bool quiet = false;  // no per-step log lines (tests)
+  int64_t interrupt_after_step = -1;  // tests: behave as if SIGINT arrived during this step (1-based)
+};
+
+// Runs the whole training; fills rc's "training" section and its status. Returns the exit code
+// (0 ok, 1 failed, 2 not available, 130 interrupted). Throws on configuration/data errors (the
+// caller's run_with_receipt records them).
+int run_training(const Recipe& r, const TrainOptions& opt, RunReceipt& rc);
+
+// SIGINT/SIGTERM: finish the current step, checkpoint, write the receipt "interrupted", exit 130.
+void install_training_signal_handlers();
+bool training_interrupt_requested();
+void request_training_interrupt();  // for tests
+
+}  // namespace megacpp
