@@ -26,6 +26,8 @@ class Block {
   virtual void backward(const T* dy, T* dx, int64_t B, int64_t S) = 0;
   // Forward FLOPs per token at sequence length S (for logs; docs/flops.md has the formulas).
   virtual double flops_per_token(int64_t S) const = 0;
+  // Block-specific initialisation after the generic one (e.g. identity recurrent weights).
+  virtual void init_params(uint64_t /*seed*/, int64_t /*n_layers*/) {}
 };
 
 // Declares the block's parameters under `prefix` ("layers.3.") and returns it; throws

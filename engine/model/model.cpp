@@ -61,6 +61,7 @@ void Model<T>::init_params(uint64_t seed) {
       p[k] = static_cast<T>(v);
     }
   }
+  for (std::size_t l = 0; l < blocks_.size(); ++l) blocks_[l]->init_params(seed * 1000003ull + l, r_.model.depth);
 }
 
 template <typename T>

@@ -12,7 +12,7 @@
 namespace megacpp {
 
 struct PlanOptions {
-  int64_t world = 1;      // ranks; dp = world / (tp*ep) for this estimate (EP ranks also do DP for the dense part)
+  int64_t world = 1;      // ranks; dp = world / tp for the dense part, experts replicated over world / (tp·ep)
   double gpu_mem_gib = 0; // 0 = the detected GPU's memory, else 80
 };
 
