@@ -13,14 +13,25 @@ BUILD_DIR=${BUILD_DIR:-build-dev}
 WHAT=${1:-all}
 ITERS=${BENCH_ITERS:-20}
 export NCCL_NVLS_ENABLE=0
+[[ -d .devdeps/usr/lib/x86_64-linux-gnu ]] && export LD_LIBRARY_PATH="$PWD/.devdeps/usr/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}"
 log() { echo "[$(date -u +%H:%M:%S)] $*" | tee -a "$OUT/summary.md"; }
 
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv >"$OUT/gpu.txt" 2>&1
 log "GPU: $(tail -1 "$OUT/gpu.txt")"
 if [[ ${SKIP_BUILD:-0} != 1 ]]; then
   t0=$(date +%s)
-  cmake -S . -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=Release -DMEGACPP_PTXAS_VERBOSE=ON >"$OUT/configure.log" 2>&1 \
-    || { log "configure FAILED"; tail -30 "$OUT/configure.log"; exit 1; }
+  # The GPU machine's image may lack some of the system packages that machines.md lists; then use the
+  # Debian 12 packages carried in .devdeps (see tools/device/make_devdeps.sh) and say so.
+  if ! cmake -S . -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=Release -DMEGACPP_PTXAS_VERBOSE=ON >"$OUT/configure.log" 2>&1; then
+    log "configure with the machine's own packages failed: $(grep -m1 -E 'Could not find|Could NOT find' "$OUT/configure.log")"
+    [[ -d .devdeps/usr ]] || { log "no .devdeps carried"; tail -30 "$OUT/configure.log"; exit 1; }
+    rm -rf "$BUILD_DIR"
+    cmake -S . -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=Release -DMEGACPP_PTXAS_VERBOSE=ON \
+      -DCMAKE_PREFIX_PATH="$PWD/.devdeps/usr" >"$OUT/configure.log" 2>&1 \
+      || { log "configure FAILED"; tail -30 "$OUT/configure.log"; exit 1; }
+    log "configured with the carried Debian 12 packages (.devdeps)"
+  fi
+  grep -E "Found|megacpp" "$OUT/configure.log" | tee -a "$OUT/summary.md"
   ninja -C "$BUILD_DIR" -j"$(nproc)" >"$OUT/build.log" 2>&1 || { log "build FAILED"; grep -E "error" -A3 "$OUT/build.log" | head -60; exit 1; }
   log "build: $(( $(date +%s) - t0 )) s"
   grep -E "ptxas info|spill" "$OUT/build.log" | grep -vE "^\s*$" >"$OUT/ptxas.txt" || true
