@@ -6,6 +6,7 @@
 #include "engine/model/attention_block.hpp"
 #include "engine/model/dense_mlp.hpp"
 #include "engine/model/m2rnn_block.hpp"
+#include "engine/model/moe_block.hpp"
 #include "engine/model/mamba_mixer.hpp"
 
 namespace megacpp {
@@ -18,11 +19,12 @@ std::unique_ptr<Block<T>> make_block(BlockKind kind, const Recipe& r, ParamStore
     case BlockKind::Mamba: return std::make_unique<MambaMixer<T>>(r, ps, prefix, max_tokens);
     case BlockKind::Attention: return std::make_unique<AttentionBlock<T>>(r, ps, prefix, max_tokens);
     case BlockKind::M2rnn: return std::make_unique<M2rnnBlock<T>>(r, ps, prefix, max_tokens);
+    case BlockKind::Moe: return std::make_unique<MoeBlock<T>>(r, ps, prefix, max_tokens);
     default: break;
   }
   throw std::runtime_error(std::string("block ") + block_letter(kind) + " (" + block_name(kind) +
                            ") not available yet in the training stack; model.pattern '" + r.model.pattern +
-                           "' uses it (available letters: A, M, D, R)");
+                           "' uses it (available letters: A, M, E, D, R)");
 }
 
 template std::unique_ptr<Block<float>> make_block(BlockKind, const Recipe&, ParamStore<float>&, const std::string&, int64_t);

@@ -7,11 +7,20 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "engine/config/recipe.hpp"
 #include "engine/model/params.hpp"
 
 namespace megacpp {
+
+// Auxiliary losses a block adds to the objective (MoE load balancing and z-loss) and its router
+// statistics, as of its last forward.
+struct AuxLosses {
+  double aux = 0, z = 0;
+  std::vector<int64_t> tokens_per_expert;
+  double dropped_frac = 0;
+};
 
 template <typename T>
 class Block {
@@ -28,6 +37,9 @@ class Block {
   virtual double flops_per_token(int64_t S) const = 0;
   // Block-specific initialisation after the generic one (e.g. identity recurrent weights).
   virtual void init_params(uint64_t /*seed*/, int64_t /*n_layers*/) {}
+  // Blocks with auxiliary losses: their gradient is scaled by `s` (so that micro-batches average).
+  virtual void set_aux_scale(double /*s*/) {}
+  virtual AuxLosses aux_losses() const { return {}; }
 };
 
 // Declares the block's parameters under `prefix` ("layers.3.") and returns it; throws

@@ -1,5 +1,6 @@
 #include "engine/model/model.hpp"
 
+#include <algorithm>
 #include <cmath>
 
 #include "engine/model/cpu_ops.hpp"
@@ -94,6 +95,8 @@ double Model<T>::run(const int32_t* tokens, int64_t B, bool backward, double gra
                                       backward ? dfinal_.data() : static_cast<T*>(nullptr),
                                       backward ? ps_.grad(head_) : static_cast<T*>(nullptr), grad_scale);
   if (!backward) return loss;
+  // Auxiliary losses (MoE) are per-micro-batch means: weight them like B·S tokens of the main loss.
+  for (auto& b : blocks_) b->set_aux_scale(grad_scale * static_cast<double>(B * S));
   cpu::rmsnorm_bwd(xl, ps_.param(final_norm_), frstd_.data(), dfinal_.data(), dresid_.data(), ps_.grad(final_norm_), M,
                    h, false);
   for (int64_t l = L - 1; l >= 0; --l) {
@@ -120,6 +123,21 @@ double Model<T>::forward_backward(const int32_t* tokens, int64_t B, double grad_
 template <typename T>
 double Model<T>::forward_loss(const int32_t* tokens, int64_t B) {
   return run(tokens, B, false, 0.0);
+}
+
+template <typename T>
+AuxLosses Model<T>::aux_losses() const {
+  AuxLosses sum;
+  for (const auto& b : blocks_) {
+    const AuxLosses a = b->aux_losses();
+    sum.aux += a.aux, sum.z += a.z;
+    if (sum.tokens_per_expert.empty()) sum.tokens_per_expert = a.tokens_per_expert;
+    else
+      for (std::size_t i = 0; i < a.tokens_per_expert.size() && i < sum.tokens_per_expert.size(); ++i)
+        sum.tokens_per_expert[i] += a.tokens_per_expert[i];
+    sum.dropped_frac = std::max(sum.dropped_frac, a.dropped_frac);
+  }
+  return sum;
 }
 
 template <typename T>

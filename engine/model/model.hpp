@@ -26,7 +26,7 @@ class Model {
   // norms 1; Mamba scalars as in the spec).
   void init_params(uint64_t seed);
   // tokens: [B, S+1] int32. Returns the SUM of token losses over B·S targets (targets < 0 ignored).
-  // With backward, accumulates ∂(grad_scale · sum_loss)/∂θ into the ParamStore's gradients.
+  // With backward, accumulates ∂(grad_scale · (sum_loss + B·S·aux))/∂θ into the ParamStore's gradients.
   double forward_backward(const int32_t* tokens, int64_t B, double grad_scale);
   double forward_loss(const int32_t* tokens, int64_t B);
 
@@ -35,6 +35,10 @@ class Model {
   int64_t seq_len() const { return S_; }
   double flops_per_token_fwd() const;  // at seq_len; embedding excluded, LM head included
   const std::vector<std::string>& layer_names() const { return layer_names_; }
+  // Sum over layers of the auxiliary losses of the last forward (MoE: load balancing + z-loss) and
+  // the routed tokens per expert summed over MoE layers. The objective that forward_backward
+  // differentiates is grad_scale · (Σ token CE + B·S·Σ aux).
+  AuxLosses aux_losses() const;
 
  private:
   double run(const int32_t* tokens, int64_t B, bool backward, double grad_scale);

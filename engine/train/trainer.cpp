@@ -95,6 +95,15 @@ int run_training(const Recipe& r, const TrainOptions& opt, RunReceipt& rc) {
                     t.precision == "fp32" ? "" : "the CPU reference backend computes in fp32");
   rc.record_feature("fused_residual", r.features.fused_residual, false,
                     r.features.fused_residual ? "the CPU reference backend runs residual add and RMSNorm as two loops" : "");
+  if (r.layers.uses(BlockKind::Attention))
+    rc.record_feature("attention_backend", r.features.attention_backend, "cpu-reference",
+                      "the CPU training backend runs the float64 attention reference (cuDNN/native are CUDA backends)");
+  if (r.layers.uses(BlockKind::Moe))
+    rc.record_feature("fused_moe", r.features.fused_moe, "cpu-reference",
+                      "the CPU training backend runs the float64 MoE reference (both dispatch paths are CUDA)");
+  if (r.layers.uses(BlockKind::Mamba))
+    rc.record_feature("psiv_cache", r.features.psiv_cache, false,
+                      r.features.psiv_cache ? "the PsiV cache is a CUDA-kernel feature; the CPU reference recomputes" : "");
   if (!t.recompute.empty())
     rc.record_feature("recompute", t.recompute, nlohmann::json::array(), "activation recomputation is not implemented on the CPU backend");
   const int64_t world = 1, dp = 1;

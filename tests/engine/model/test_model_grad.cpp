@@ -21,6 +21,7 @@ Recipe tiny_recipe(const std::string& pattern, int depth, const std::vector<std:
                                        "    mimo_rank: 2\n    chunk_size: 8\n  mlp:\n    ffn_hidden: 12\n"
                                        "  attention:\n    heads: 4\n    kv_heads: 2\n    head_dim: 8\n"
                                        "  m2rnn:\n    heads: 2\n    key_dim: 16\n    value_dim: 8\n"
+                                       "  moe:\n    experts: 4\n    top_k: 2\n    ffn_hidden: 8\n    shared_expert_hidden: 8\n"
                                        "train:\n  seq_len: 16\n";
   return load_recipe(dir + "/tiny.yaml", sets);
 }
@@ -62,10 +63,16 @@ void check_model_gradients(const Recipe& r, int per_tensor, double tol) {
       const int64_t i = n == s.numel ? j : static_cast<int64_t>(pick.next_u64() % static_cast<uint64_t>(s.numel));
       double& p = ps.data[s.offset + i];
       const double p0 = p, h = 1e-5 * std::max(1.0, std::fabs(p0));  // 1e-6 is rounding-noise bound here
+      // The objective forward_backward differentiates: Σ CE + B·S·Σ aux (MoE aux and z losses).
+      auto objective = [&] {
+        const double ce = m.forward_loss(tokens.data(), B);
+        const AuxLosses a = m.aux_losses();
+        return ce + static_cast<double>(B * S) * (a.aux + a.z);
+      };
       p = p0 + h;
-      const double lp = m.forward_loss(tokens.data(), B);
+      const double lp = objective();
       p = p0 - h;
-      const double lm = m.forward_loss(tokens.data(), B);
+      const double lm = objective();
       p = p0;
       const double fd = (lp - lm) / (2 * h);
       max_err = std::max(max_err, std::fabs(fd - an[s.offset + i]));
@@ -84,15 +91,20 @@ TEST(ModelGrad, MambaBlockHeavyTailA) {
 TEST(ModelGrad, AttentionBlockGqaRope) { check_model_gradients(tiny_recipe("A", 1), 12, 1e-6); }
 TEST(ModelGrad, AttentionBlockNoRope) { check_model_gradients(tiny_recipe("A", 1, {"model.attention.rope=false"}), 8, 1e-6); }
 TEST(ModelGrad, M2rnnBlock) { check_model_gradients(tiny_recipe("R", 1), 10, 1e-6); }
-TEST(ModelGrad, WholeTinyHybrid) { check_model_gradients(tiny_recipe("AMDR", 4), 6, 1e-6); }
+TEST(ModelGrad, MoeBlockRelu2WithSharedExpertAndAuxLosses) { check_model_gradients(tiny_recipe("E", 1), 12, 1e-6); }
+TEST(ModelGrad, MoeBlockSwiGLUSigmoidNoAux) {
+  check_model_gradients(tiny_recipe("E", 1, {"model.moe.activation=swiglu", "model.moe.score=sigmoid",
+                                             "model.moe.aux_loss_coef=0", "model.moe.z_loss_coef=0"}), 12, 1e-6);
+}
+TEST(ModelGrad, WholeTinyHybrid) { check_model_gradients(tiny_recipe("AEMDR", 5), 6, 1e-6); }
 TEST(ModelGrad, TiedEmbeddings) { check_model_gradients(tiny_recipe("D", 2, {"model.tie_embeddings=true"}), 8, 1e-6); }
 
-TEST(ModelBuild, UnavailableLetterIsAClearError) {
+TEST(ModelBuild, UnsupportedBlockOptionIsAClearError) {
   try {
-    Model<float> m(tiny_recipe("ED", 2), 1, 16);
-    FAIL() << "pattern with E was accepted";
+    Model<float> m(tiny_recipe("ED", 2, {"model.moe.shared_activation=relu2"}), 1, 16);
+    FAIL() << "relu2 shared expert was accepted";
   } catch (const std::runtime_error& e) {
-    EXPECT_NE(std::string(e.what()).find("block E (moe) not available yet"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("model.moe.shared_activation=relu2"), std::string::npos) << e.what();
   }
 }
 

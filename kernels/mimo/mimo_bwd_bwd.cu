@@ -1,0 +1,453 @@
+// mimo_bwd_bwd.cu — Mamba-3 MIMO backward: reverse chunk loop producing the gradients (kernel `mimo_bwd_bwd`).
+//
+// One CTA (256 threads) per (h, b); chunks c = nc−1 … 0, carrying dS (N×P fp32, in registers; dS_nc = 0).
+// Per chunk, with Q̄, K̄ (rotated, biased, bf16), V = x·Ψ (or the PsiV cache), g = dout·Φ·silu(zΖ) (M×P),
+// S_c (bf16, written by mimo_bwd_fwd), w_ij = factor_j e^{a_i−a_j} (s_i>s_j), γ (s_i=s_j), 0 otherwise:
+//   Sc = Q̄K̄ᵀ, Gv = g Vᵀ (M×M, MMA);  Pm = w∘Sc, Gm = w∘Gv (bf16), Z = Sc∘Gv (fp32)
+//   dQ̄ = e^{a}·g S_cᵀ + Gm K̄                 (+ row dots Q̄·(e^{a} g S_cᵀ) → ∂/∂a_i)
+//   dK̄ = factor·e^{ā}·V dSᵀ + Gmᵀ Q̄
+//   dV = factor·e^{ā}·K̄ dS + Pmᵀ g + D g        (+ row dots X_j = V_j·(K̄_j dS) → ∂/∂ā_j, ∂/∂factor_j)
+//   dS ← e^{a_last} dS + Q̄ᵀ (e^{a} g)          (∂/∂a_last = e^{a_last} Σ S_c∘dS_{c+1})
+//   same-step blocks of Gm/Pm carry the diagonal (γ) term; with the rotated operands they un-rotate to the
+//   spec's unrotated diagonal gradients, and their dθ contributions cancel exactly between q and k.
+//   Un-rotation: du1 = cosθ e1 + sinθ e2, du2 = −sinθ e1 + cosθ e2, dθ += e2 u1' − e1 u2' (q and k, Σ_r).
+//   dADT_s = Σ_{t≥s} ∂a_t + Σ_{j<s} ∂ā_j + Σ_{i≥s>j} ∂seg_ij + ∂a_last  (decay cumsum backward, in-kernel)
+//   DFACTOR_t = Σ_{j∈t}[Σ_{i: s_i>t} e^{seg} Z_ij + e^{ā_j} X_j],  DGAMMA_t = Σ_{same step} Z.
+// Writes: dQ/dK per value head (B,S,R,H,N) bf16 (group-reduced in mimo_bwd_post), dV→dx (B,S,H,P) bf16,
+// dADT, DFACTOR, DGAMMA (B,H,S) fp32, dAngles (B,S,H,N_ang) fp32, per-(b,h) partials of dΨ, dD, dQ_bias, dK_bias.
+// Resources: 256 threads, 1 CTA/SM; NT=4: 246 regs, NT=8: 255 regs, no spills (ptxas sm_90a); dS NT·8 fp32 regs/thread;
+// smem bwd_layout() = 231,744 B at N=128,P=64,M=64 (the per-head parameters are read from global/L1 to fit).
+#include <stdexcept>
+
+#include "kernels/common/cuda_check.hpp"
+#include "kernels/mimo/mimo_common.cuh"
+
+namespace megacpp::mimo::dev {
+
+template <int NT>
+__global__ void __launch_bounds__(kThreads, 1) mimo_bwd_bwd_kernel(const KParams kp) {
+  extern __shared__ __align__(16) unsigned char smem[];
+  const MimoDims& d = kp.d;
+  const int h = blockIdx.x, b = blockIdx.y;
+  const int N = d.N, P = d.P, R = d.R, M = d.M, Mp = d.Mp, Lc = d.Lc, lR = kp.lR, half = N / 2;
+  const int ldq = N + 8, ldv = P + 8, ldm = Mp + 8, ldz = Mp + 1, ldzs = Lc + 1, ldf = N + 4, ldvf = P + 4;
+  const int nqt = N / 16, npt = P / 16, mt = Mp / 16;
+  const int lP = __ffs(P) - 1, lN = __ffs(N) - 1, lhalf = lN - 1, lLc = __ffs(Lc) - 1;
+  const int lnqt = __ffs(nqt) - 1, lnpt = __ffs(npt) - 1, lmt = __ffs(mt) - 1;
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+  const BwdLayout Lo = bwd_layout(N, P, R, Mp, Lc);
+  const float* psi = kp.in.psi + static_cast<size_t>(h) * R * P;
+  const float* phi = kp.in.phi + static_cast<size_t>(h) * R * P;
+  const float* zeta = kp.in.zeta + static_cast<size_t>(h) * R * P;
+  const float* qbias = kp.in.q_bias + static_cast<size_t>(h) * R * N;
+  const float* kbias = kp.in.k_bias + static_cast<size_t>(h) * R * N;
+  float* sc = reinterpret_cast<float*>(smem + Lo.sc);
+  float* red = sc + 16 * kMaxLc;
+  bf16* Qb = reinterpret_cast<bf16*>(smem + Lo.qbar);
+  bf16* Kb = reinterpret_cast<bf16*>(smem + Lo.kbar);
+  bf16* V = reinterpret_cast<bf16*>(smem + Lo.v);
+  bf16* Gs = reinterpret_cast<bf16*>(smem + Lo.g);
+  bf16* Gd = reinterpret_cast<bf16*>(smem + Lo.gd);
+  bf16* Scb = reinterpret_cast<bf16*>(smem + Lo.scb);
+  bf16* dSb = reinterpret_cast<bf16*>(smem + Lo.dsb);
+  bf16* Pm = reinterpret_cast<bf16*>(smem + Lo.pm);
+  bf16* Gm = reinterpret_cast<bf16*>(smem + Lo.gm);
+  float* Z = reinterpret_cast<float*>(smem + Lo.z);
+  float* Zs = reinterpret_cast<float*>(smem + Lo.zs);
+  float* W = Zs;  // step mask weights (L1..P1) share the Zs region (P2..P3b)
+  float* dQf = reinterpret_cast<float*>(smem + Lo.dqf);
+  float* dKf = reinterpret_cast<float*>(smem + Lo.dkf);
+  float* dVf = reinterpret_cast<float*>(smem + Lo.dvf);
+  float* rowa = reinterpret_cast<float*>(smem + Lo.rowa);
+  float* rowx = reinterpret_cast<float*>(smem + Lo.rowx);
+  bf16* Xs = reinterpret_cast<bf16*>(smem + Lo.x);
+  const float Dh = kp.in.d[h];
+  const size_t bh = static_cast<size_t>(b) * d.H + h;
+
+  for (int i = tid; i < N * ldv; i += kThreads) dSb[i] = __float2bfloat16(0.f);
+  zero_pad_rows(Qb, ldq, M, Mp);
+  zero_pad_rows(Kb, ldq, M, Mp);
+  zero_pad_rows(V, ldv, M, Mp);
+  zero_pad_rows(Gs, ldv, M, Mp);
+  zero_pad_rows(Gd, ldv, M, Mp);
+
+  float dS[NT][2][4];
+#pragma unroll
+  for (int k = 0; k < NT; ++k) zero_acc(dS[k]);
+  const int ntS = nqt * npt;
+  float qb_acc[8], kb_acc[8], psi_acc[4], dd_acc = 0.f;
+#pragma unroll
+  for (int k = 0; k < 8; ++k) qb_acc[k] = kb_acc[k] = 0.f;
+#pragma unroll
+  for (int k = 0; k < 4; ++k) psi_acc[k] = 0.f;
+  __syncthreads();
+
+  for (int c = d.nc - 1; c >= 0; --c) {
+    const int t0 = c * Lc;
+    // ---- L1: loads -------------------------------------------------------------------------------
+    if (warp == 0) {
+      const float al = chunk_scalars(kp, b, h, t0, sc);
+      if (lane == 0) sc[kWork * kMaxLc] = al;
+      __syncwarp();
+      step_weights(sc, W, Lc);
+    }
+    load_qk_rot(kp, b, h, t0, qbias, kbias, Qb, Kb);
+    load_v(kp, b, h, t0, psi, V, kp.in.psiv_cache != nullptr);
+#pragma unroll 2
+    for (int it = tid; it < Lc * P / 2; it += kThreads) {
+      const int s = ((it * 2) >> lP), p = ((it * 2) & (P - 1)), t = t0 + s;
+      const size_t gi = ((static_cast<size_t>(b) * d.S + t) * d.H + h) * P + p;
+      const float2 zz = ldg_bf16x2(kp.in.z + gi), go = ldg_bf16x2(kp.dout + gi);
+      *reinterpret_cast<unsigned int*>(Xs + s * P + p) = __ldg(reinterpret_cast<const unsigned int*>(kp.in.v + gi));
+      for (int r = 0; r < R; ++r) {
+        const float u0 = zz.x * zeta[r * P + p], u1 = zz.y * zeta[r * P + p + 1];
+        st_bf16x2(Gs + (s * R + r) * ldv + p, go.x * phi[r * P + p] * u0 * sigmoidf_(u0),
+                  go.y * phi[r * P + p + 1] * u1 * sigmoidf_(u1));
+      }
+    }
+    {
+      const bf16_bits* src = kp.states + (bh * d.nc + c) * static_cast<size_t>(N) * P;
+#pragma unroll 4
+      for (int it = tid; it < N * P / 8; it += kThreads) {
+        const int n = ((it * 8) >> lP), p = ((it * 8) & (P - 1));
+        *reinterpret_cast<uint4*>(Scb + n * ldv + p) = __ldg(reinterpret_cast<const uint4*>(src + n * P + p));
+      }
+    }
+    __syncthreads();
+    // ---- P1: Gd, M×M products, DDA partial -------------------------------------------------------
+    for (int it = tid; it < M * P / 2; it += kThreads) {
+      const int i = ((it * 2) >> lP), p = ((it * 2) & (P - 1));
+      const float e = sc[kEA * kMaxLc + (i >> lR)];
+      const float2 gg = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(Gs + i * ldv + p));
+      st_bf16x2(Gd + i * ldv + p, gg.x * e, gg.y * e);
+    }
+    for (int tile = warp; tile < mt * mt; tile += kWarps) {
+      const int m0 = (tile >> lmt) * 16, n0 = (tile & (mt - 1)) * 16;
+      float a1[2][4], a2[2][4];
+      zero_acc(a1);
+      zero_acc(a2);
+      mma_tile<false, false>(a1, Qb, ldq, Kb, ldq, m0, n0, N);
+      mma_tile<false, false>(a2, Gs, ldv, V, ldv, m0, n0, P);
+#pragma unroll
+      for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+        for (int hh = 0; hh < 2; ++hh) {
+          const int i = m0 + (lane >> 2) + 8 * hh, j = n0 + 8 * nt + 2 * (lane & 3);
+          float p2[2], g2[2];
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            const int jj = j + e, si = i >> lR, sj = jj >> lR;
+            const bool ok = i < M && jj < M;
+            const float w = ok ? W[si * Lc + sj] : 0.f;
+            const float x1 = a1[nt][2 * hh + e], x2 = a2[nt][2 * hh + e];
+            p2[e] = w * x1;
+            g2[e] = w * x2;
+            Z[i * ldz + jj] = ok ? x1 * x2 : 0.f;
+          }
+          st_bf16x2(Pm + i * ldm + j, p2[0], p2[1]);
+          st_bf16x2(Gm + i * ldm + j, g2[0], g2[1]);
+        }
+    }
+    {
+      float part = 0.f;
+#pragma unroll
+      for (int k = 0; k < NT; ++k) {
+        const int t = warp + kWarps * k;
+        if (t < ntS) {
+          const int m0 = (t >> lnpt) * 16, n0 = (t & (npt - 1)) * 16;
+#pragma unroll
+          for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+            for (int hh = 0; hh < 2; ++hh) {
+              const int n = m0 + (lane >> 2) + 8 * hh, p = n0 + 8 * nt + 2 * (lane & 3);
+              const float2 s2 = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(Scb + n * ldv + p));
+              part += s2.x * dS[k][nt][2 * hh] + s2.y * dS[k][nt][2 * hh + 1];
+            }
+        }
+      }
+      red[tid] = part;
+    }
+    __syncthreads();
+    // ---- P2: step sums of Z, DDA, the gradient products, dS update --------------------------------
+    for (int it = tid; it < Lc * Lc; it += kThreads) {
+      const int ti = it >> lLc, tj = it & (Lc - 1);
+      float s = 0.f;
+      if (ti >= tj) {
+        for (int r = 0; r < R; ++r)
+          for (int r2 = 0; r2 < R; ++r2) s += Z[(ti * R + r) * ldz + tj * R + r2];
+        if (ti > tj) s *= __expf(sc[kA * kMaxLc + ti] - sc[kA * kMaxLc + tj]);
+      }
+      Zs[ti * ldzs + tj] = s;  // E[i][j] = e^{a_i − a_j}·Σ Z (i > j), Σ Z on the diagonal, 0 above
+    }
+    if (warp == 0) {
+      float s = 0.f;
+      for (int q = 0; q < kThreads / 32; ++q) s += red[lane * (kThreads / 32) + q];
+#pragma unroll
+      for (int off = 16; off > 0; off >>= 1) s += __shfl_xor_sync(0xffffffffu, s, off);
+      if (lane == 0) sc[kWork * kMaxLc + 1] = s;
+    }
+    {
+      const int nQ = mt * nqt, nV = mt * npt;
+      for (int tile = warp; tile < 2 * nQ + nV; tile += kWarps) {
+        float acc[2][4];
+        zero_acc(acc);
+        if (tile < nQ) {  // dQ̄
+          const int m0 = (tile >> lnqt) * 16, n0 = (tile & (nqt - 1)) * 16;
+          mma_tile<false, false>(acc, Gd, ldv, Scb, ldv, m0, n0, P);
+#pragma unroll
+          for (int hh = 0; hh < 2; ++hh) {
+            const int i = m0 + (lane >> 2) + 8 * hh;
+            float part = 0.f;
+#pragma unroll
+            for (int nt = 0; nt < 2; ++nt) {
+              const int j = n0 + 8 * nt + 2 * (lane & 3);
+              const float2 q2 = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(Qb + i * ldq + j));
+              part += q2.x * acc[nt][2 * hh] + q2.y * acc[nt][2 * hh + 1];
+            }
+            part += __shfl_xor_sync(0xffffffffu, part, 1);
+            part += __shfl_xor_sync(0xffffffffu, part, 2);
+            if ((lane & 3) == 0) rowa[i * nqt + n0 / 16] = part;
+          }
+          mma_tile<false, true>(acc, Gm, ldm, Kb, ldq, m0, n0, Mp);
+#pragma unroll
+          for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+            for (int hh = 0; hh < 2; ++hh) {
+              const int i = m0 + (lane >> 2) + 8 * hh, j = n0 + 8 * nt + 2 * (lane & 3);
+              *reinterpret_cast<float2*>(dQf + i * ldf + j) = make_float2(acc[nt][2 * hh], acc[nt][2 * hh + 1]);
+            }
+        } else if (tile < 2 * nQ) {  // dK̄
+          const int tt = tile - nQ;
+          const int m0 = (tt >> lnqt) * 16, n0 = (tt & (nqt - 1)) * 16;
+          mma_tile<false, false>(acc, V, ldv, dSb, ldv, m0, n0, P);
+#pragma unroll
+          for (int hh = 0; hh < 2; ++hh) {
+            const int s = (m0 + (lane >> 2) + 8 * hh) >> lR;
+            const float w = sc[kFac * kMaxLc + s] * sc[kEAB * kMaxLc + s];
+#pragma unroll
+            for (int nt = 0; nt < 2; ++nt) acc[nt][2 * hh] *= w, acc[nt][2 * hh + 1] *= w;
+          }
+          mma_tile<true, true>(acc, Gm, ldm, Qb, ldq, m0, n0, Mp);
+#pragma unroll
+          for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+            for (int hh = 0; hh < 2; ++hh) {
+              const int i = m0 + (lane >> 2) + 8 * hh, j = n0 + 8 * nt + 2 * (lane & 3);
+              *reinterpret_cast<float2*>(dKf + i * ldf + j) = make_float2(acc[nt][2 * hh], acc[nt][2 * hh + 1]);
+            }
+        } else {  // dV
+          const int tt = tile - 2 * nQ;
+          const int m0 = (tt >> lnpt) * 16, n0 = (tt & (npt - 1)) * 16;
+          mma_tile<false, true>(acc, Kb, ldq, dSb, ldv, m0, n0, N);
+#pragma unroll
+          for (int hh = 0; hh < 2; ++hh) {
+            const int i = m0 + (lane >> 2) + 8 * hh;
+            float part = 0.f;
+#pragma unroll
+            for (int nt = 0; nt < 2; ++nt) {
+              const int j = n0 + 8 * nt + 2 * (lane & 3);
+              const float2 v2 = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(V + i * ldv + j));
+              part += v2.x * acc[nt][2 * hh] + v2.y * acc[nt][2 * hh + 1];
+            }
+            part += __shfl_xor_sync(0xffffffffu, part, 1);
+            part += __shfl_xor_sync(0xffffffffu, part, 2);
+            if ((lane & 3) == 0) rowx[i * npt + n0 / 16] = part;
+            const int s = i >> lR;
+            const float w = sc[kFac * kMaxLc + s] * sc[kEAB * kMaxLc + s];
+#pragma unroll
+            for (int nt = 0; nt < 2; ++nt) acc[nt][2 * hh] *= w, acc[nt][2 * hh + 1] *= w;
+          }
+          mma_tile<true, true>(acc, Pm, ldm, Gs, ldv, m0, n0, Mp);
+#pragma unroll
+          for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+            for (int hh = 0; hh < 2; ++hh) {
+              const int i = m0 + (lane >> 2) + 8 * hh, j = n0 + 8 * nt + 2 * (lane & 3);
+              const float2 g2 = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(Gs + i * ldv + j));
+              *reinterpret_cast<float2*>(dVf + i * ldvf + j) =
+                  make_float2(acc[nt][2 * hh] + Dh * g2.x, acc[nt][2 * hh + 1] + Dh * g2.y);
+            }
+        }
+      }
+      const float el = __expf(sc[kWork * kMaxLc]);
+#pragma unroll
+      for (int k = 0; k < NT; ++k) {
+        const int t = warp + kWarps * k;
+        if (t < ntS) {
+#pragma unroll
+          for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) dS[k][nt][e] *= el;
+          mma_tile<true, true>(dS[k], Qb, ldq, Gd, ldv, (t >> lnpt) * 16, (t & (npt - 1)) * 16, Mp);
+        }
+      }
+    }
+    __syncthreads();
+    // ---- P3a: per-step row dots; un-rotation of dQ̄/dK̄ and dθ -------------------------------------
+    if (tid < Lc) {
+      const int s = tid;
+      float da = 0.f, xs = 0.f;
+      for (int r = 0; r < R; ++r) {
+        const int i = s * R + r;
+        for (int q = 0; q < nqt; ++q) da += rowa[i * nqt + q];
+        for (int q = 0; q < npt; ++q) xs += rowx[i * npt + q];
+      }
+      sc[kDA * kMaxLc + s] = da;
+      sc[kXs * kMaxLc + s] = xs;
+    }
+#pragma unroll 2
+    for (int it = tid; it < Lc * half; it += kThreads) {
+      const int s = it >> lhalf, j = it & (half - 1), t = t0 + s;
+      const bool rot = j < d.n_ang;
+      float sn = 0.f, cs = 1.f;
+      if (rot) fast_sincos(__ldg(kp.in.angles + ((static_cast<size_t>(b) * d.S + t) * d.H + h) * d.n_ang + j), &sn, &cs);
+      float dth = 0.f;
+      for (int r = 0; r < R; ++r) {
+        const int i = s * R + r;
+        {
+          const float e1 = dQf[i * ldf + j], e2 = dQf[i * ldf + j + half];
+          const float u1 = __bfloat162float(Qb[i * ldq + j]), u2 = __bfloat162float(Qb[i * ldq + j + half]);
+          dth += e2 * u1 - e1 * u2;
+          dQf[i * ldf + j] = cs * e1 + sn * e2;
+          dQf[i * ldf + j + half] = -sn * e1 + cs * e2;
+        }
+        {
+          const float e1 = dKf[i * ldf + j], e2 = dKf[i * ldf + j + half];
+          const float u1 = __bfloat162float(Kb[i * ldq + j]), u2 = __bfloat162float(Kb[i * ldq + j + half]);
+          dth += e2 * u1 - e1 * u2;
+          dKf[i * ldf + j] = cs * e1 + sn * e2;
+          dKf[i * ldf + j + half] = -sn * e1 + cs * e2;
+        }
+      }
+      if (rot) kp.dangles[((static_cast<size_t>(b) * d.S + t) * d.H + h) * d.n_ang + j] = dth;
+    }
+    __syncthreads();
+    // ---- P3b: decay/trapezoid scalar gradients; gradient writes; next dS copy ----------------------
+    if (tid < Lc) {
+      const int s = tid;
+      const float* fac = sc + kFac * kMaxLc;
+      const float* eab = sc + kEAB * kMaxLc;
+      const float* dA = sc + kDA * kMaxLc;
+      const float* Xsum = sc + kXs * kMaxLc;
+      const float dlast = __expf(sc[kWork * kMaxLc]) * sc[kWork * kMaxLc + 1];
+      float dfac = eab[s] * Xsum[s];
+      for (int ti = s + 1; ti < Lc; ++ti) dfac += Zs[ti * ldzs + s];
+      float g = dlast;
+      for (int t = s; t < Lc; ++t) g += dA[t];
+      for (int j = 0; j < s; ++j) {
+        float cs = 0.f;
+        for (int i = s; i < Lc; ++i) cs += Zs[i * ldzs + j];
+        g += fac[j] * (eab[j] * Xsum[j] + cs);
+      }
+      const size_t o = bh * d.S + t0 + s;
+      kp.dadt[o] = g;
+      kp.dfac[o] = dfac;
+      kp.dgam[o] = Zs[s * ldzs + s];
+    }
+    // dQ/dK per value head (bf16) and bias partials
+    for (int it = tid; it < M * half; it += kThreads) {
+      const int i = it >> lhalf, n = (it & (half - 1)) * 2, s = i >> lR, r = i & (R - 1);
+      const size_t o = (((static_cast<size_t>(b) * d.S + t0 + s) * R + r) * d.H + h) * N + n;
+      st_bf16x2g(kp.dq_h + o, dQf[i * ldf + n], dQf[i * ldf + n + 1]);
+      st_bf16x2g(kp.dk_h + o, dKf[i * ldf + n], dKf[i * ldf + n + 1]);
+    }
+#pragma unroll
+    for (int k = 0; k < 8; ++k) {
+      const int it = tid + kThreads * k;
+      if (it < R * N) {
+        const int r = it >> lN, n = it & (N - 1);
+        float sq = 0.f, sk = 0.f;
+        for (int s = 0; s < Lc; ++s) sq += dQf[(s * R + r) * ldf + n], sk += dKf[(s * R + r) * ldf + n];
+        qb_acc[k] += sq;
+        kb_acc[k] += sk;
+      }
+    }
+    // dx and dΨ, dD
+    for (int it = tid; it < Lc * P / 2; it += kThreads) {
+      const int s = ((it * 2) >> lP), p = ((it * 2) & (P - 1)), t = t0 + s;
+      float a0 = 0.f, a1 = 0.f;
+      for (int r = 0; r < R; ++r) {
+        const float2 dv = *reinterpret_cast<const float2*>(dVf + (s * R + r) * ldvf + p);
+        a0 += dv.x * psi[r * P + p], a1 += dv.y * psi[r * P + p + 1];
+      }
+      st_bf16x2g(kp.dv + ((static_cast<size_t>(b) * d.S + t) * d.H + h) * P + p, a0, a1);
+    }
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+      const int it = tid + kThreads * k;
+      if (it < R * P) {
+        const int r = it >> lP, p = it & (P - 1);
+        float sacc = 0.f;
+        for (int s = 0; s < Lc; ++s)
+          sacc += dVf[(s * R + r) * ldvf + p] * __bfloat162float(Xs[s * P + p]);
+        psi_acc[k] += sacc;
+      }
+    }
+    for (int it = tid; it < M * P; it += kThreads) {
+      const int i = it >> lP, p = it & (P - 1);
+      dd_acc += __bfloat162float(Gs[i * ldv + p]) * __bfloat162float(V[i * ldv + p]);
+    }
+#pragma unroll
+    for (int k = 0; k < NT; ++k) {
+      const int t = warp + kWarps * k;
+      if (t < ntS) {
+        const int m0 = (t >> lnpt) * 16, n0 = (t & (npt - 1)) * 16;
+#pragma unroll
+        for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+          for (int hh = 0; hh < 2; ++hh) {
+            const int n = m0 + (lane >> 2) + 8 * hh, p = n0 + 8 * nt + 2 * (lane & 3);
+            st_bf16x2(dSb + n * ldv + p, dS[k][nt][2 * hh], dS[k][nt][2 * hh + 1]);
+          }
+      }
+    }
+    __syncthreads();
+  }
+
+  // per-(b,h) partials: each (r,n)/(r,p) element is owned by exactly one thread; dD reduced in fixed order.
+#pragma unroll
+  for (int k = 0; k < 8; ++k) {
+    const int it = tid + kThreads * k;
+    if (it < R * N) {
+      kp.p_dqb[bh * R * N + it] = qb_acc[k];
+      kp.p_dkb[bh * R * N + it] = kb_acc[k];
+    }
+  }
+#pragma unroll
+  for (int k = 0; k < 4; ++k) {
+    const int it = tid + kThreads * k;
+    if (it < R * P) kp.p_dpsi[bh * R * P + it] = psi_acc[k];
+  }
+  red[tid] = dd_acc;
+  __syncthreads();
+  if (warp == 0) {
+    float s = 0.f;
+    for (int q = 0; q < kThreads / 32; ++q) s += red[lane * (kThreads / 32) + q];
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) s += __shfl_xor_sync(0xffffffffu, s, off);
+    if (lane == 0) kp.p_dd[bh] = s;
+  }
+}
+
+}  // namespace megacpp::mimo::dev
+
+namespace megacpp::mimo::dev {
+namespace {
+int state_tiles_per_warp(const MimoDims& d) { return (d.N / 16) * (d.P / 16) <= 4 * kWarps ? 4 : 8; }
+}
+const void* bwd_bwd_kernel_ptr(const MimoDims& d) {
+  return state_tiles_per_warp(d) == 4 ? reinterpret_cast<const void*>(&mimo_bwd_bwd_kernel<4>)
+                                      : reinterpret_cast<const void*>(&mimo_bwd_bwd_kernel<8>);
+}
+void launch_bwd_bwd_kernel(const KParams& kp, std::size_t smem, cudaStream_t st) {
+  auto launch = [&](auto kern) {
+    MEGACPP_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+    kern<<<dim3(kp.d.H, kp.d.B), kThreads, smem, st>>>(kp);
+    MEGACPP_CUDA_CHECK(cudaGetLastError());
+  };
+  if (state_tiles_per_warp(kp.d) == 4)
+    launch(mimo_bwd_bwd_kernel<4>);
+  else
+    launch(mimo_bwd_bwd_kernel<8>);
+}
+}  // namespace megacpp::mimo::dev

@@ -1,0 +1,340 @@
+// mimo_common.cuh — shared device code of the Mamba-3 MIMO kernels: shared-memory layouts, the warp-level
+// bf16 tensor-core tile product (ldmatrix + mma.sync m16n8k16, fp32 accumulate), and the per-chunk loaders
+// (decay cumsums, trapezoid weights, rotated q̄/k̄, PsiV). Included by mimo_fwd.cu, mimo_bwd_fwd.cu, mimo_bwd_bwd.cu.
+#pragma once
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "kernels/mimo/mimo_launch.hpp"
+
+namespace megacpp::mimo::dev {
+
+using bf16 = __nv_bfloat16;
+constexpr int kThreads = 256;
+constexpr int kWarps = kThreads / 32;
+constexpr int kMaxStateTiles = 8;  // per warp: 8 warps × 8 tiles × 16×16 = N·P ≤ 16384 (template NT ≤ this)
+constexpr int kMaxLc = 64;
+
+__host__ __device__ inline std::size_t align16(std::size_t x) { return (x + 15) & ~std::size_t(15); }
+
+// ---- shared-memory layouts (byte offsets), identical on host and device -----------------------------
+struct FwdLayout {
+  std::size_t psi, phi, zeta, qb, kb, sc, qbar, kbar, v, vd, pm, sb, ys, w, total;
+};
+__host__ __device__ inline FwdLayout fwd_layout(int N, int P, int R, int Mp, int Lc) {
+  FwdLayout L{};
+  std::size_t o = 0;
+  auto take = [&](std::size_t bytes) { std::size_t r = o; o = align16(o + bytes); return r; };
+  L.psi = take(4u * R * P);
+  L.phi = take(4u * R * P);
+  L.zeta = take(4u * R * P);
+  L.qb = take(4u * R * N);
+  L.kb = take(4u * R * N);
+  L.sc = take(4u * 16 * kMaxLc + 4u * 2 * kThreads);
+  L.qbar = take(2u * Mp * (N + 8));
+  L.kbar = take(2u * Mp * (N + 8));
+  L.v = take(2u * Mp * (P + 8));
+  L.vd = take(2u * Mp * (P + 8));
+  L.pm = take(2u * Mp * (Mp + 8));
+  L.sb = take(2u * N * (P + 8));
+  L.ys = take(4u * Mp * (P + 4));
+  L.w = take(4u * Lc * Lc);
+  L.total = o;
+  return L;
+}
+
+struct BwdLayout {
+  std::size_t sc, qbar, kbar, v, g, gd, scb, dsb, pm, gm, z, zs, dqf, dkf, dvf, rowa, rowx,
+      x, total;
+};
+__host__ __device__ inline BwdLayout bwd_layout(int N, int P, int R, int Mp, int Lc) {
+  BwdLayout L{};
+  std::size_t o = 0;
+  auto take = [&](std::size_t bytes) { std::size_t r = o; o = align16(o + bytes); return r; };
+  // per-head parameters are read from global memory (L1) here: shared memory is the limit at M=64
+  L.sc = take(4u * 16 * kMaxLc + 4u * 2 * kThreads);
+  L.qbar = take(2u * Mp * (N + 8));
+  L.kbar = take(2u * Mp * (N + 8));
+  L.v = take(2u * Mp * (P + 8));
+  L.g = take(2u * Mp * (P + 8));
+  L.gd = take(2u * Mp * (P + 8));
+  L.scb = take(2u * N * (P + 8));
+  L.dsb = take(2u * N * (P + 8));
+  L.pm = take(2u * Mp * (Mp + 8));
+  L.gm = take(2u * Mp * (Mp + 8));
+  L.z = take(4u * Mp * (Mp + 1));
+  L.zs = take(4u * Lc * (Lc + 1));
+  L.dqf = take(4u * Mp * (N + 4));
+  L.dkf = take(4u * Mp * (N + 4));
+  L.dvf = take(4u * Mp * (P + 4));
+  L.rowa = take(4u * Mp * (N / 16));
+  L.rowx = take(4u * Mp * (P / 16));
+  L.x = take(2u * Lc * P);
+  L.total = o;
+  return L;
+}
+
+// Scalar arrays inside the `sc` region (fp32, kMaxLc each).
+enum ScalarSlot { kA = 0, kEA, kEAB, kGam, kFac, kSig, kDt, kDA, kXs, kDAb, kDfac, kWork, kWork2 };
+
+// Kernel parameters passed by value.
+struct KParams {
+  MimoDims d;
+  int lR, lN4;  // log2(R), log2(N/4)
+  MimoFwdArgs in;
+  const bf16_bits* dout;
+  // bwd_fwd outputs
+  bf16_bits* states;   // (B,H,nc,N,P) bf16: state entering each chunk
+  bf16_bits* dz;       // (B,S,H,P)
+  float *p_dphi, *p_dzeta;  // (B,H,R,P) partials
+  // bwd_bwd outputs
+  bf16_bits *dq_h, *dk_h;  // (B,S,R,H,N) per value head
+  bf16_bits* dv;
+  float *dadt, *dfac, *dgam;  // (B,H,S)
+  float* dangles;             // (B,S,H,N_ang)
+  float *p_dpsi, *p_dqb, *p_dkb, *p_dd;  // (B,H,R,P), (B,H,R,N) ×2, (B,H)
+};
+
+// ---- PTX wrappers ---------------------------------------------------------------------------------
+__device__ __forceinline__ uint32_t smem_u32(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+__device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], uint32_t addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
+__device__ __forceinline__ void ldsm_x4_t(uint32_t (&r)[4], uint32_t addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
+__device__ __forceinline__ void mma16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// One warp: acc(16×16 tile at m0,n0) += A·B over K (multiple of 16), operands bf16 in shared memory.
+//  AT=false: A stored [m][k] (row stride lda);  AT=true: A stored [k][m].
+//  BT=false: B stored [n][k] (i.e. Bᵀ row-major); BT=true: B stored [k][n].
+// Fragment layout of acc[nt][e]: row m0 + lane/4 + 8·(e≥2), col n0 + 8·nt + 2·(lane%4) + (e&1).
+template <bool AT, bool BT>
+__device__ __forceinline__ void mma_tile(float (&acc)[2][4], const bf16* A, int lda, const bf16* B, int ldb, int m0,
+                                         int n0, int K) {
+  const int lane = threadIdx.x & 31, li = lane >> 3, lr = lane & 7;
+  const bf16* ap = AT ? A + (lr + ((li >> 1) << 3)) * lda + m0 + ((li & 1) << 3)
+                      : A + (m0 + lr + ((li & 1) << 3)) * lda + ((li >> 1) << 3);
+  const bf16* bp = BT ? B + (lr + ((li & 1) << 3)) * ldb + n0 + ((li >> 1) << 3)
+                      : B + (n0 + lr + ((li >> 1) << 3)) * ldb + ((li & 1) << 3);
+  uint32_t aa = smem_u32(ap), ba = smem_u32(bp);
+  const uint32_t as = AT ? 32u * lda : 32u, bs = BT ? 32u * ldb : 32u;
+#pragma unroll 2
+  for (int k0 = 0; k0 < K; k0 += 16) {
+    uint32_t a[4], b[4];
+    if constexpr (AT) ldsm_x4_t(a, aa); else ldsm_x4(a, aa);
+    if constexpr (BT) ldsm_x4_t(b, ba); else ldsm_x4(b, ba);
+    mma16816(acc[0], a, b[0], b[1]);
+    mma16816(acc[1], a, b[2], b[3]);
+    aa += as;
+    ba += bs;
+  }
+}
+
+__device__ __forceinline__ void zero_acc(float (&acc)[2][4]) {
+#pragma unroll
+  for (int i = 0; i < 2; ++i)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) acc[i][e] = 0.f;
+}
+
+__device__ __forceinline__ float sigmoidf_(float x) { return 1.f / (1.f + __expf(-x)); }
+// sin/cos of a cumulative angle: reduce mod 2π in fp32 (two-part constant), then the fast intrinsic on [−π, π]
+// (abs error ~4e-7; the reduction error is below the fp32 ulp of the input angle itself).
+__device__ __forceinline__ void fast_sincos(float x, float* s, float* c) {
+  const float k = rintf(x * 0.159154943091895336f);
+  float r = fmaf(-k, 6.28318548202514648f, x);
+  r = fmaf(-k, -1.74845553e-7f, r);
+  __sincosf(r, s, c);
+}
+__device__ __forceinline__ float2 ldg_bf16x2(const bf16_bits* p) {
+  const uint32_t u = __ldg(reinterpret_cast<const unsigned int*>(p));
+  return make_float2(__uint_as_float(u << 16), __uint_as_float(u & 0xffff0000u));
+}
+__device__ __forceinline__ float bf2f(bf16_bits b) { return __uint_as_float(static_cast<uint32_t>(b) << 16); }
+__device__ __forceinline__ float2 ld_bf16x2(const bf16_bits* p) {
+  const uint32_t u = *reinterpret_cast<const uint32_t*>(p);
+  return make_float2(__uint_as_float(u << 16), __uint_as_float(u & 0xffff0000u));
+}
+__device__ __forceinline__ void st_bf16x2(bf16* p, float a, float b) {
+  *reinterpret_cast<__nv_bfloat162*>(p) = __floats2bfloat162_rn(a, b);
+}
+__device__ __forceinline__ void st_bf16x2g(bf16_bits* p, float a, float b) {
+  *reinterpret_cast<__nv_bfloat162*>(p) = __floats2bfloat162_rn(a, b);
+}
+
+// Load per-head parameters into shared memory.
+__device__ inline void load_params(const KParams& kp, int h, float* psi, float* phi, float* zeta, float* qb,
+                                   float* kb) {
+  const int R = kp.d.R, P = kp.d.P, N = kp.d.N;
+  for (int i = threadIdx.x; i < R * P; i += kThreads) {
+    psi[i] = kp.in.psi[h * R * P + i];
+    phi[i] = kp.in.phi[h * R * P + i];
+    zeta[i] = kp.in.zeta[h * R * P + i];
+  }
+  for (int i = threadIdx.x; i < R * N; i += kThreads) {
+    qb[i] = kp.in.q_bias[h * R * N + i];
+    kb[i] = kp.in.k_bias[h * R * N + i];
+  }
+}
+
+// Warp 0 only: the chunk's step scalars (fp32). a = inclusive cumsum of ADT, ā = exclusive reverse cumsum
+// (= a_last − a, clamped ≤ 0), γ = Δσ(trap), factor = γ + Δ_{t+1}σ(−trap_{t+1}) (0 past S−1).
+// Returns a_last in every lane.
+__device__ inline float chunk_scalars(const KParams& kp, int b, int h, int t0, float* sc) {
+  const int lane = threadIdx.x & 31, Lc = kp.d.Lc, S = kp.d.S;
+  const size_t base = (static_cast<size_t>(b) * kp.d.H + h) * S;
+  float x[2], gam[2], fac[2], sg[2], dtv[2];
+#pragma unroll
+  for (int u = 0; u < 2; ++u) {
+    const int s = 2 * lane + u;
+    x[u] = 0.f, gam[u] = 0.f, fac[u] = 0.f, sg[u] = 0.f, dtv[u] = 0.f;
+    if (s < Lc) {
+      const int t = t0 + s;
+      x[u] = __ldg(kp.in.adt + base + t);
+      dtv[u] = __ldg(kp.in.dt + base + t);
+      sg[u] = sigmoidf_(bf2f(__ldg(reinterpret_cast<const unsigned short*>(kp.in.trap) + base + t)));
+      gam[u] = dtv[u] * sg[u];
+      float gt = 0.f;
+      if (t + 1 < S)
+        gt = __ldg(kp.in.dt + base + t + 1) *
+             sigmoidf_(-bf2f(__ldg(reinterpret_cast<const unsigned short*>(kp.in.trap) + base + t + 1)));
+      fac[u] = gam[u] + gt;
+    }
+  }
+  const float p1 = x[0] + x[1];
+  float incl = p1;
+#pragma unroll
+  for (int off = 1; off < 32; off <<= 1) {
+    const float y = __shfl_up_sync(0xffffffffu, incl, off);
+    if (lane >= off) incl += y;
+  }
+  const float excl = incl - p1;
+  const float total = __shfl_sync(0xffffffffu, incl, 31);
+  float a[2] = {fminf(excl + x[0], 0.f), fminf(excl + p1, 0.f)};
+#pragma unroll
+  for (int u = 0; u < 2; ++u) {
+    const int s = 2 * lane + u;
+    if (s < kMaxLc) {
+      const bool ok = s < Lc;
+      sc[kA * kMaxLc + s] = ok ? a[u] : 0.f;
+      sc[kEA * kMaxLc + s] = ok ? __expf(a[u]) : 0.f;
+      sc[kEAB * kMaxLc + s] = ok ? __expf(fminf(total - a[u], 0.f)) : 0.f;
+      sc[kGam * kMaxLc + s] = gam[u];
+      sc[kFac * kMaxLc + s] = fac[u];
+      sc[kSig * kMaxLc + s] = sg[u];
+      sc[kDt * kMaxLc + s] = dtv[u];
+    }
+  }
+  return fminf(total, 0.f);
+}
+
+// One warp (after chunk_scalars + __syncwarp): the step-level mask weights of the chunk,
+// W[si·Lc + sj] = factor_sj·e^{a_si − a_sj} (si > sj), γ_si (si = sj), 0 (si < sj).
+__device__ inline void step_weights(const float* sc, float* W, int Lc) {
+  const int lane = threadIdx.x & 31, lLc = __ffs(Lc) - 1;
+  for (int e = lane; e < Lc * Lc; e += 32) {
+    const int si = e >> lLc, sj = e & (Lc - 1);
+    float w = 0.f;
+    if (si > sj)
+      w = sc[kFac * kMaxLc + sj] * __expf(sc[kA * kMaxLc + si] - sc[kA * kMaxLc + sj]);
+    else if (si == sj)
+      w = sc[kGam * kMaxLc + si];
+    W[e] = w;
+  }
+}
+
+// All threads: rotated, biased q̄ and k̄ of the chunk into Qb/Kb ([Mp][N+8] bf16). Half-split rotation pairs
+// (j, j+N/2), j < N_ang, angle θ[b,t,h,j] (fp32, cumulative).
+__device__ inline void load_qk_rot(const KParams& kp, int b, int h, int t0, const float* qbias, const float* kbias,
+                                   bf16* Qb, bf16* Kb) {
+  const MimoDims& d = kp.d;
+  const int N = d.N, half = N / 2, ldq = N + 8, R = d.R, G = d.G;
+  const int g = h / (d.H / G);
+  const int items = d.M << kp.lN4;  // M rows × N/4 column pairs
+#pragma unroll 4
+  for (int it = threadIdx.x; it < items; it += kThreads) {
+    const int i = it >> kp.lN4, j = (it & ((1 << kp.lN4) - 1)) * 2;
+    const int s = i >> kp.lR, r = i & (R - 1), t = t0 + s;
+    const size_t row = ((static_cast<size_t>(b) * d.S + t) * R + r) * G + g;
+    const bf16_bits* qp = kp.in.q + row * N;
+    const bf16_bits* kq = kp.in.k + row * N;
+    float2 q1 = ldg_bf16x2(qp + j), q2 = ldg_bf16x2(qp + j + half);
+    float2 k1 = ldg_bf16x2(kq + j), k2 = ldg_bf16x2(kq + j + half);
+    const float* qbr = qbias + r * N;
+    const float* kbr = kbias + r * N;
+    q1.x += qbr[j], q1.y += qbr[j + 1], q2.x += qbr[j + half], q2.y += qbr[j + half + 1];
+    k1.x += kbr[j], k1.y += kbr[j + 1], k2.x += kbr[j + half], k2.y += kbr[j + half + 1];
+    if (j < d.n_ang) {
+      const float2 th =
+          __ldg(reinterpret_cast<const float2*>(kp.in.angles + ((static_cast<size_t>(b) * d.S + t) * d.H + h) * d.n_ang + j));
+      float s0, c0, s1, c1;
+      fast_sincos(th.x, &s0, &c0);
+      fast_sincos(th.y, &s1, &c1);
+      float a, bb;
+      a = c0 * q1.x - s0 * q2.x, bb = s0 * q1.x + c0 * q2.x, q1.x = a, q2.x = bb;
+      a = c1 * q1.y - s1 * q2.y, bb = s1 * q1.y + c1 * q2.y, q1.y = a, q2.y = bb;
+      a = c0 * k1.x - s0 * k2.x, bb = s0 * k1.x + c0 * k2.x, k1.x = a, k2.x = bb;
+      a = c1 * k1.y - s1 * k2.y, bb = s1 * k1.y + c1 * k2.y, k1.y = a, k2.y = bb;
+    }
+    st_bf16x2(Qb + i * ldq + j, q1.x, q1.y);
+    st_bf16x2(Qb + i * ldq + j + half, q2.x, q2.y);
+    st_bf16x2(Kb + i * ldq + j, k1.x, k1.y);
+    st_bf16x2(Kb + i * ldq + j + half, k2.x, k2.y);
+  }
+}
+
+// All threads: V = x·Ψ (bf16, [Mp][P+8]) from x or from the PsiV cache.
+__device__ inline void load_v(const KParams& kp, int b, int h, int t0, const float* psi, bf16* V, bool from_cache) {
+  const MimoDims& d = kp.d;
+  const int P = d.P, ldv = P + 8, R = d.R;
+  const int lP = __ffs(P) - 1;
+  if (from_cache) {
+    const bf16_bits* src = kp.in.psiv_cache + ((static_cast<size_t>(b) * d.H + h) * d.S + t0) * R * P;
+    const int vecs = d.M * P / 8;  // 16-byte vectors
+#pragma unroll 4
+    for (int it = threadIdx.x; it < vecs; it += kThreads) {
+      const int i = ((it * 8) >> lP), p = ((it * 8) & (P - 1));
+      *reinterpret_cast<uint4*>(V + i * ldv + p) = __ldg(reinterpret_cast<const uint4*>(src + i * P + p));
+    }
+    return;
+  }
+  const int items = d.Lc * P / 2;
+#pragma unroll 4
+  for (int it = threadIdx.x; it < items; it += kThreads) {
+    const int s = ((it * 2) >> lP), p = ((it * 2) & (P - 1)), t = t0 + s;
+    const float2 x = ldg_bf16x2(kp.in.v + ((static_cast<size_t>(b) * d.S + t) * d.H + h) * P + p);
+    for (int r = 0; r < R; ++r) st_bf16x2(V + (s * R + r) * ldv + p, x.x * psi[r * P + p], x.y * psi[r * P + p + 1]);
+  }
+}
+
+// Zero rows [M, Mp) of a bf16 [Mp][ld] buffer (padding rows, only when M < 16).
+__device__ inline void zero_pad_rows(bf16* X, int ld, int M, int Mp) {
+  for (int it = threadIdx.x; it < (Mp - M) * ld; it += kThreads) X[M * ld + it] = __float2bfloat16(0.f);
+}
+
+}  // namespace megacpp::mimo::dev
+
+namespace megacpp::mimo::dev {
+// Host-side entry points of the kernel files.
+const void* fwd_kernel_ptr(const MimoDims& d);
+const void* bwd_fwd_kernel_ptr(const MimoDims& d);
+const void* bwd_bwd_kernel_ptr(const MimoDims& d);
+void launch_fwd_kernel(const KParams& kp, std::size_t smem, cudaStream_t st);
+void launch_bwd_fwd_kernel(const KParams& kp, std::size_t smem, cudaStream_t st);
+void launch_bwd_bwd_kernel(const KParams& kp, std::size_t smem, cudaStream_t st);
+}  // namespace megacpp::mimo::dev

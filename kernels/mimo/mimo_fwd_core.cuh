@@ -1,0 +1,273 @@
+// mimo_fwd_core.cuh — the forward chunk loop shared by mimo_fwd (BWD=false) and mimo_bwd_fwd (BWD=true).
+//
+// One CTA (256 threads, 8 warps) per (h, b); chunks of Lc steps (M = Lc·R rows, row i = s·R + r) in order.
+// Per chunk c (a = inclusive decay cumsum, ā = a_last − a, γ, factor = γ + γ̃, all fp32):
+//   Q̄, K̄ = Rot_θ(q + bias), Rot_θ(k + bias)                       bf16 [M][N] in smem
+//   V = x·Ψ, Vd = factor·e^{ā}·V                                     bf16 [M][P]
+//   Pm[i,j] = Q̄_i·K̄_j · (s_i > s_j ? factor_j e^{a_i − a_j} : s_i == s_j ? γ_{s_i} : 0)        (MMA, K=N)
+//       (same-step blocks: Q̄·K̄ = q·k since the rotations cancel, so the diagonal term needs no extra GEMM)
+//   Y = diag(e^{a})·Q̄·S_c + Pm·V + D·V                              (MMA, K=N then K=M) → fp32 smem
+//   S_{c+1} = e^{a_last}·S_c + K̄ᵀ·Vd                                 (MMA, state N×P fp32 in registers)
+//   out[t,p] = Σ_r Φ[r,p]·silu(z[t,p]Ζ[r,p])·Y[(t,r),p]
+// BWD: writes S_c (bf16, the state entering each chunk) for mimo_bwd_bwd, dZ, and per-(b,h) partials of dΦ, dΖ.
+// Resources: 256 threads, state NT·8 fp32 regs/thread (NT = 4 or 8), smem fwd_layout() (112,640 B at N=128,P=64,M=64).
+#pragma once
+#include "kernels/mimo/mimo_common.cuh"
+
+namespace megacpp::mimo::dev {
+
+// NT: state tiles (16×16) per warp, ≥ ceil(N·P/2048); NT ≤ 4 targets 2 CTAs per SM (≤ 128 regs).
+template <bool BWD, int NT>
+__global__ void __launch_bounds__(kThreads, (NT <= 4) ? 2 : 1) mimo_fwd_kernel(const KParams kp) {
+  extern __shared__ __align__(16) unsigned char smem[];
+  const MimoDims& d = kp.d;
+  const int h = blockIdx.x, b = blockIdx.y;
+  const int N = d.N, P = d.P, R = d.R, M = d.M, Mp = d.Mp, Lc = d.Lc, lR = kp.lR;
+  const int ldq = N + 8, ldv = P + 8, ldm = Mp + 8, ldy = P + 4;
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+  const FwdLayout Lo = fwd_layout(N, P, R, Mp, Lc);
+  float* psi = reinterpret_cast<float*>(smem + Lo.psi);
+  float* phi = reinterpret_cast<float*>(smem + Lo.phi);
+  float* zeta = reinterpret_cast<float*>(smem + Lo.zeta);
+  float* qbias = reinterpret_cast<float*>(smem + Lo.qb);
+  float* kbias = reinterpret_cast<float*>(smem + Lo.kb);
+  float* sc = reinterpret_cast<float*>(smem + Lo.sc);
+  float* red = sc + 16 * kMaxLc;
+  bf16* Qb = reinterpret_cast<bf16*>(smem + Lo.qbar);
+  bf16* Kb = reinterpret_cast<bf16*>(smem + Lo.kbar);
+  bf16* V = reinterpret_cast<bf16*>(smem + Lo.v);
+  bf16* Vd = reinterpret_cast<bf16*>(smem + Lo.vd);
+  bf16* Pm = reinterpret_cast<bf16*>(smem + Lo.pm);
+  bf16* Sb = reinterpret_cast<bf16*>(smem + Lo.sb);
+  float* Ys = reinterpret_cast<float*>(smem + Lo.ys);
+  float* W = reinterpret_cast<float*>(smem + Lo.w);
+  const float Dh = kp.in.d[h];
+
+  load_params(kp, h, psi, phi, zeta, qbias, kbias);
+  for (int i = tid; i < N * ldv; i += kThreads) Sb[i] = __float2bfloat16(0.f);
+  zero_pad_rows(Qb, ldq, M, Mp);
+  zero_pad_rows(Kb, ldq, M, Mp);
+  zero_pad_rows(V, ldv, M, Mp);
+  zero_pad_rows(Vd, ldv, M, Mp);
+
+  float S[NT][2][4];
+#pragma unroll
+  for (int k = 0; k < NT; ++k) zero_acc(S[k]);
+  const int ptiles = P / 16, ntS = (N / 16) * ptiles;
+  const int lP = __ffs(P) - 1, lpt = __ffs(ptiles) - 1, lmt = __ffs(Mp / 16) - 1;
+  float dphi_acc[8][2], dzeta_acc[8][2];
+#pragma unroll
+  for (int r = 0; r < 8; ++r) dphi_acc[r][0] = dphi_acc[r][1] = dzeta_acc[r][0] = dzeta_acc[r][1] = 0.f;
+  const size_t bh = static_cast<size_t>(b) * d.H + h;
+  __syncthreads();
+
+  for (int c = 0; c < d.nc; ++c) {
+    const int t0 = c * Lc;
+    if (warp == 0) {
+      const float al = chunk_scalars(kp, b, h, t0, sc);
+      if (lane == 0) sc[kWork * kMaxLc] = al;
+      __syncwarp();
+      step_weights(sc, W, Lc);
+    }
+    load_qk_rot(kp, b, h, t0, qbias, kbias, Qb, Kb);
+    __syncthreads();
+    // V, Vd (and the PsiV cache in the forward); states for the backward.
+    {
+      const int items = Lc * P / 2;
+      const bool from_cache = BWD && kp.in.psiv_cache != nullptr;
+#pragma unroll(BWD ? 1 : 2)
+      for (int it = tid; it < items; it += kThreads) {
+        const int s = ((it * 2) >> lP), p = ((it * 2) & (P - 1)), t = t0 + s;
+        const float w = sc[kFac * kMaxLc + s] * sc[kEAB * kMaxLc + s];
+        float2 x = make_float2(0.f, 0.f);
+        if (!from_cache) x = ldg_bf16x2(kp.in.v + ((static_cast<size_t>(b) * d.S + t) * d.H + h) * P + p);
+        for (int r = 0; r < R; ++r) {
+          const int i = s * R + r;
+          __nv_bfloat162 vv;
+          if (from_cache) {
+            const unsigned int u =
+                __ldg(reinterpret_cast<const unsigned int*>(kp.in.psiv_cache + (bh * d.S + t) * R * P + r * P + p));
+            vv = *reinterpret_cast<const __nv_bfloat162*>(&u);
+          } else {
+            vv = __floats2bfloat162_rn(x.x * psi[r * P + p], x.y * psi[r * P + p + 1]);
+            if (!BWD && kp.in.psiv_cache)
+              *reinterpret_cast<__nv_bfloat162*>(kp.in.psiv_cache + (bh * d.S + t) * R * P + r * P + p) = vv;
+          }
+          *reinterpret_cast<__nv_bfloat162*>(V + i * ldv + p) = vv;
+          const float2 vf = __bfloat1622float2(vv);
+          st_bf16x2(Vd + i * ldv + p, vf.x * w, vf.y * w);
+        }
+      }
+      if constexpr (BWD) {
+        bf16_bits* dst = kp.states + (bh * d.nc + c) * static_cast<size_t>(N) * P;
+        for (int it = tid; it < N * P / 8; it += kThreads) {
+          const int n = ((it * 8) >> lP), p = ((it * 8) & (P - 1));
+          *reinterpret_cast<uint4*>(dst + n * P + p) = *reinterpret_cast<const uint4*>(Sb + n * ldv + p);
+        }
+      }
+    }
+    __syncthreads();
+    // Phase A: masked score matrix Pm (bf16).
+    {
+      const int mt = Mp / 16;
+      for (int tile = warp; tile < mt * mt; tile += kWarps) {
+        const int m0 = (tile >> lmt) * 16, n0 = (tile & (mt - 1)) * 16;
+        float acc[2][4];
+        zero_acc(acc);
+        mma_tile<false, false>(acc, Qb, ldq, Kb, ldq, m0, n0, N);
+#pragma unroll
+        for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+          for (int hh = 0; hh < 2; ++hh) {
+            const int i = m0 + (lane >> 2) + 8 * hh;
+            const int j = n0 + 8 * nt + 2 * (lane & 3);
+            float w2[2];
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+              const int jj = j + e;
+              const int si = i >> lR, sj = jj >> lR;
+              const float w = (i < M && jj < M) ? W[si * Lc + sj] : 0.f;
+              w2[e] = w * acc[nt][2 * hh + e];
+            }
+            st_bf16x2(Pm + i * ldm + j, w2[0], w2[1]);
+          }
+      }
+    }
+    __syncthreads();
+    // Phase B: Y = e^{a}·Q̄·S + Pm·V + D·V; state update in registers.
+    {
+      for (int tile = warp; tile < (Mp / 16) * ptiles; tile += kWarps) {
+        const int m0 = (tile >> lpt) * 16, n0 = (tile & (ptiles - 1)) * 16;
+        float acc[2][4];
+        zero_acc(acc);
+        mma_tile<false, true>(acc, Qb, ldq, Sb, ldv, m0, n0, N);
+        const float e0 = sc[kEA * kMaxLc + ((m0 + (lane >> 2)) >> lR)];
+        const float e1 = sc[kEA * kMaxLc + ((m0 + (lane >> 2) + 8) >> lR)];
+#pragma unroll
+        for (int nt = 0; nt < 2; ++nt) acc[nt][0] *= e0, acc[nt][1] *= e0, acc[nt][2] *= e1, acc[nt][3] *= e1;
+        mma_tile<false, true>(acc, Pm, ldm, V, ldv, m0, n0, Mp);
+#pragma unroll
+        for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+          for (int hh = 0; hh < 2; ++hh) {
+            const int i = m0 + (lane >> 2) + 8 * hh, j = n0 + 8 * nt + 2 * (lane & 3);
+            const float2 vv = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(V + i * ldv + j));
+            *reinterpret_cast<float2*>(Ys + i * ldy + j) =
+                make_float2(acc[nt][2 * hh] + Dh * vv.x, acc[nt][2 * hh + 1] + Dh * vv.y);
+          }
+      }
+      const float el = __expf(sc[kWork * kMaxLc]);
+#pragma unroll
+      for (int k = 0; k < NT; ++k) {
+        const int t = warp + kWarps * k;
+        if (t < ntS) {
+#pragma unroll
+          for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) S[k][nt][e] *= el;
+          mma_tile<true, true>(S[k], Kb, ldq, Vd, ldv, (t >> lpt) * 16, (t & (ptiles - 1)) * 16, Mp);
+        }
+      }
+    }
+    __syncthreads();
+    // Phase C: bf16 copy of the new state; output (or backward side outputs) from Y.
+#pragma unroll
+    for (int k = 0; k < NT; ++k) {
+      const int t = warp + kWarps * k;
+      if (t < ntS) {
+        const int m0 = (t >> lpt) * 16, n0 = (t & (ptiles - 1)) * 16;
+#pragma unroll
+        for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+          for (int hh = 0; hh < 2; ++hh) {
+            const int n = m0 + (lane >> 2) + 8 * hh, p = n0 + 8 * nt + 2 * (lane & 3);
+            st_bf16x2(Sb + n * ldv + p, S[k][nt][2 * hh], S[k][nt][2 * hh + 1]);
+          }
+      }
+    }
+    {
+      const int items = Lc * P / 2;
+#pragma unroll(BWD ? 1 : 2)
+      for (int it = tid; it < items; it += kThreads) {
+        const int s = ((it * 2) >> lP), p = ((it * 2) & (P - 1)), t = t0 + s;
+        const size_t gi = ((static_cast<size_t>(b) * d.S + t) * d.H + h) * P + p;
+        const float2 zz = ldg_bf16x2(kp.in.z + gi);
+        float o0 = 0.f, o1 = 0.f;
+        float2 go = make_float2(0.f, 0.f);
+        if constexpr (BWD) go = ldg_bf16x2(kp.dout + gi);
+        float dz0 = 0.f, dz1 = 0.f;
+#pragma unroll
+        for (int r = 0; r < 8; ++r) {
+          if (r < R) {
+            const float2 y = *reinterpret_cast<const float2*>(Ys + (s * R + r) * ldy + p);
+            const float zt0 = zeta[r * P + p], zt1 = zeta[r * P + p + 1];
+            const float ph0 = phi[r * P + p], ph1 = phi[r * P + p + 1];
+            const float u0 = zz.x * zt0, u1 = zz.y * zt1;
+            const float sg0 = sigmoidf_(u0), sg1 = sigmoidf_(u1);
+            const float si0 = u0 * sg0, si1 = u1 * sg1;
+            if constexpr (!BWD) {
+              o0 += ph0 * si0 * y.x;
+              o1 += ph1 * si1 * y.y;
+            } else {
+              dphi_acc[r][0] += go.x * si0 * y.x;
+              dphi_acc[r][1] += go.y * si1 * y.y;
+              const float c0 = go.x * ph0 * y.x * sg0 * (1.f + u0 * (1.f - sg0));
+              const float c1 = go.y * ph1 * y.y * sg1 * (1.f + u1 * (1.f - sg1));
+              dz0 += c0 * zt0, dz1 += c1 * zt1;
+              dzeta_acc[r][0] += c0 * zz.x;
+              dzeta_acc[r][1] += c1 * zz.y;
+            }
+          }
+        }
+        if constexpr (!BWD)
+          st_bf16x2g(kp.in.out + gi, o0, o1);
+        else
+          st_bf16x2g(kp.dz + gi, dz0, dz1);
+      }
+    }
+    __syncthreads();
+  }
+
+  if constexpr (!BWD) {
+    if (kp.in.final_state) {
+      float* fs = kp.in.final_state + bh * static_cast<size_t>(N) * P;
+#pragma unroll
+      for (int k = 0; k < NT; ++k) {
+        const int t = warp + kWarps * k;
+        if (t < ntS) {
+          const int m0 = (t >> lpt) * 16, n0 = (t & (ptiles - 1)) * 16;
+#pragma unroll
+          for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+            for (int hh = 0; hh < 2; ++hh) {
+              const int n = m0 + (lane >> 2) + 8 * hh, p = n0 + 8 * nt + 2 * (lane & 3);
+              *reinterpret_cast<float2*>(fs + n * P + p) = make_float2(S[k][nt][2 * hh], S[k][nt][2 * hh + 1]);
+            }
+        }
+      }
+    }
+  } else {
+    // Deterministic reduction of the dΦ/dΖ partials: thread tid owns columns p = 2·(tid mod P/2) + {0,1}.
+    const int hp = P / 2, groups = kThreads / hp;
+#pragma unroll
+    for (int r = 0; r < 8; ++r) {
+      if (r < R) {
+#pragma unroll
+        for (int which = 0; which < 2; ++which) {
+          red[2 * tid] = which ? dzeta_acc[r][0] : dphi_acc[r][0];
+          red[2 * tid + 1] = which ? dzeta_acc[r][1] : dphi_acc[r][1];
+          __syncthreads();
+          if (tid < P) {
+            const int p = tid;
+            float s = 0.f;
+            for (int q = 0; q < groups; ++q) s += red[2 * (q * hp + p / 2) + (p & 1)];
+            (which ? kp.p_dzeta : kp.p_dphi)[(bh * R + r) * P + p] = s;
+          }
+          __syncthreads();
+        }
+      }
+    }
+  }
+}
+
+}  // namespace megacpp::mimo::dev
