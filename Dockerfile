@@ -35,7 +35,7 @@ CMD ["--help"]
 # so the image build fails when the smoke fails ------------------------------------------------------
 FROM ${SMOKE_BASE} AS smoke
 RUN apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-      build-essential cmake ninja-build git pkg-config ca-certificates python3-minimal \
+      build-essential cmake ninja-build git pkg-config ca-certificates python3 \
       libcli11-dev libyaml-cpp-dev libspdlog-dev libfmt-dev nlohmann-json3-dev libgtest-dev libbenchmark-dev \
       libopenmpi-dev openmpi-bin \
     && rm -rf /var/lib/apt/lists/*

@@ -1,5 +1,6 @@
 #include "engine/train/trainer.hpp"
 
+#include <algorithm>
 #include <csignal>
 #include <cmath>
 #include <cstdio>
@@ -245,6 +246,7 @@ int run_training(const Recipe& r, const TrainOptions& opt, RunReceipt& rc) {
       loss_sum += model->forward_backward(b.tokens.data(), t.mbs, 1.0 / static_cast<double>(tokens_per_step));
     }
     const double loss = loss_sum / static_cast<double>(tokens_per_step);
+    const AuxLosses aux = model->aux_losses();
     const double gnorm = AdamW<float>::grad_norm(model->params());
     const bool bad = !std::isfinite(loss) || !std::isfinite(gnorm);
     if (bad) {
@@ -275,14 +277,32 @@ int run_training(const Recipe& r, const TrainOptions& opt, RunReceipt& rc) {
                             {"ms", total_s * 1e3}, {"tokens_per_s", tps}, {"tflops", tflops},
                             {"mfu", peak > 0 ? nlohmann::json(tflops / peak) : nlohmann::json(nullptr)},
                             {"peak_mem_mib", rss}, {"data_wait_ms", wait * 1e3}, {"skipped", bad}};
+    if (r.layers.uses(BlockKind::Moe)) {
+      // Router statistics of the last micro-batch, summed over the MoE layers.
+      const auto& tpe = aux.tokens_per_expert;
+      double mean = 0, var = 0;
+      for (auto c : tpe) mean += static_cast<double>(c);
+      mean /= std::max<std::size_t>(1, tpe.size());
+      for (auto c : tpe) var += (static_cast<double>(c) - mean) * (static_cast<double>(c) - mean);
+      point["aux_loss"] = aux.aux;
+      point["z_loss"] = aux.z;
+      point["tokens_per_expert"] = {{"min", tpe.empty() ? 0 : *std::min_element(tpe.begin(), tpe.end())},
+                                    {"max", tpe.empty() ? 0 : *std::max_element(tpe.begin(), tpe.end())},
+                                    {"std", std::sqrt(var / std::max<std::size_t>(1, tpe.size()))}};
+      if (r.model.moe.capacity_factor > 0) point["dropped_frac"] = aux.dropped_frac;
+      tr["aux_loss"] = aux.aux;
+      tr["z_loss"] = aux.z;
+    }
     series.push_back(point);
     rc.metrics().append(point.dump());
     if (!opt.quiet && ((step + 1) % t.log_every == 0 || step + 1 == t.steps)) {
       char mfu[16];
       if (peak > 0) std::snprintf(mfu, sizeof mfu, "%.1f%%", 100 * tflops / peak);
       else std::snprintf(mfu, sizeof mfu, "n/a");
-      std::printf("step %5lld/%lld | loss %.4f | lr %.2e | norm %.3f | %7.1f ms | %s tok/s | %.3f TFLOP/s | MFU %s | mem %.0f MiB | eta %.0fs\n",
-                  (long long)(step + 1), (long long)t.steps, loss, lr, gnorm, total_s * 1e3, human(tps).c_str(), tflops,
+      char auxs[64] = "";
+      if (r.layers.uses(BlockKind::Moe)) std::snprintf(auxs, sizeof auxs, " | aux %.4f z %.4f", aux.aux, aux.z);
+      std::printf("step %5lld/%lld | loss %.4f%s | lr %.2e | norm %.3f | %7.1f ms | %s tok/s | %.3f TFLOP/s | MFU %s | mem %.0f MiB | eta %.0fs\n",
+                  (long long)(step + 1), (long long)t.steps, loss, auxs, lr, gnorm, total_s * 1e3, human(tps).c_str(), tflops,
                   mfu, rss, eta);
       std::fflush(stdout);
     }

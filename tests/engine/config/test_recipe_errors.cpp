@@ -93,6 +93,9 @@ const std::vector<BadCase>& cases() {
   return c;
 }
 
+// Test logs show the case name, not the struct's bytes.
+void PrintTo(const BadCase& c, std::ostream* os) { *os << c.name; }
+
 class RecipeErrors : public ::testing::TestWithParam<BadCase> {};
 
 TEST_P(RecipeErrors, ExactKeyLineAndRule) {
