@@ -1,6 +1,7 @@
 // megacpp bench --kernel NAME — time one registered op (kernels/registry): median ms over CUDA-event
 // runs after warm-up, TFLOP/s and GB/s by formula, % of the GPU's peak, registers, smem, occupancy;
 // a correctness check against the float64 reference at a small shape first (--no-check skips it).
+#include <algorithm>
 #include <cstdio>
 #include <map>
 #include <set>
@@ -22,6 +23,7 @@ void add_bench_command(CLI::App& app, Invocation& inv, int& exit_code) {
     std::string kernel, dump;
     bool json = false, list = false, no_check = false, psiv = false;
     std::string backend, moe_path;
+    std::vector<std::string> extra_flags;
     int warmup = 5, iters = 20;
     std::map<std::string, int64_t> values;
     std::map<std::string, CLI::Option*> given;
@@ -38,19 +40,29 @@ void add_bench_command(CLI::App& app, Invocation& inv, int& exit_code) {
   cmd->add_flag("--psiv-cache", o->psiv, "Mamba-3 MIMO: save PsiV in the forward and load it in the backward");
   cmd->add_option("--backend", o->backend, "Backend for ops that have several (e.g. attention: auto|cudnn|native)");
   cmd->add_option("--moe-path", o->moe_path, "MoE dispatch path: standard|fused");
+  cmd->add_option("--flag", o->extra_flags, "Any op flag as KEY=VALUE (see --list; repeatable)");
   // Every shape parameter of every registered op becomes an option --<name>.
   std::set<std::string> seen;
   for (const auto& op : op_registry().all())
     for (const auto& p : op.params)
       if (seen.insert(p.name).second) {
         o->values[p.name] = p.default_value;
-        o->given[p.name] = cmd->add_option("--" + p.name, o->values[p.name], p.help);
+        // --kv_heads is also --kv-heads (the spelling users of Megatron/torch CLIs expect).
+        std::string names = "--" + p.name;
+        std::string dashed = p.name;
+        std::replace(dashed.begin(), dashed.end(), '_', '-');
+        if (dashed != p.name) names += ",--" + dashed;
+        o->given[p.name] = cmd->add_option(names, o->values[p.name], p.help);
       }
   cmd->callback([o, &inv, &exit_code] {
     if (o->list || o->kernel.empty()) {
       for (const auto& op : op_registry().all()) {
         std::printf("%-16s %s%s\n   shape:", op.name.c_str(), op.summary.c_str(), op.needs_gpu ? " [GPU]" : "");
         for (const auto& p : op.params) std::printf(" --%s %lld", p.name.c_str(), static_cast<long long>(p.default_value));
+        if (!op.flags.empty()) {
+          std::printf("\n   flags:");
+          for (const auto& f : op.flags) std::printf(" %s", f.c_str());
+        }
         std::printf("\n");
       }
       if (op_registry().all().empty()) std::printf("no kernels are registered in this build\n");
@@ -76,6 +88,20 @@ void add_bench_command(CLI::App& app, Invocation& inv, int& exit_code) {
       if (o->psiv) oo.flags["psiv-cache"] = "true";
       if (!o->backend.empty()) oo.flags["backend"] = o->backend;
       if (!o->moe_path.empty()) oo.flags["moe-path"] = o->moe_path;
+      for (const auto& kv : o->extra_flags) {
+        const auto eq = kv.find('=');
+        const std::string k = kv.substr(0, eq);
+        if (eq == std::string::npos || std::find(op->flags.begin(), op->flags.end(), k) == op->flags.end()) {
+          std::string known;
+          for (const auto& f : op->flags) known += " " + f;
+          throw std::invalid_argument("--flag " + kv + ": op " + op->name + " takes KEY=VALUE with KEY one of:" +
+                                      (known.empty() ? " (none)" : known));
+        }
+        oo.flags[k] = kv.substr(eq + 1);
+      }
+      for (const auto& [k, v] : oo.flags)
+        if (std::find(op->flags.begin(), op->flags.end(), k) == op->flags.end())
+          throw std::invalid_argument("op " + op->name + " does not take the option for '" + k + "'");
       rc.result()["kernel"] = op->name;
       rc.result()["shape"] = shape;
       rc.result()["flags"] = oo.flags;

@@ -39,7 +39,7 @@ TEST(Receipt, OkReceiptHasEveryRequiredField) {
   EXPECT_EQ(j["schema"], "megacpp.receipt/1");
   EXPECT_EQ(j["status"], "ok");
   EXPECT_EQ(j["recipe"]["sha256"], r.sha256);
-  EXPECT_EQ(j["recipe"]["config"]["model"]["pattern"], "MD");
+  EXPECT_EQ(j["recipe"]["config"]["model"]["pattern"], r.model.pattern);
   EXPECT_EQ(j["features"]["attention_backend"]["observed"], "native");
   EXPECT_EQ(j["result"]["answer"], 42);
   EXPECT_TRUE(j["end_time"].is_string());
