@@ -75,3 +75,6 @@ if [[ $WHAT == all || $WHAT == bench ]]; then
   grep -q '^moe' "$OUT/ops.txt" && { bench moe --moe-path standard; bench moe --moe-path fused; }
 fi
 log "done"
+# Only a few files come back from the device: keep summary.md and pack everything else.
+( cd "$OUT" && tar czf /tmp/megacpp-device-all.tgz --exclude=summary.md . && find . -mindepth 1 ! -name summary.md -delete \
+  && mv /tmp/megacpp-device-all.tgz all.tgz )
