@@ -19,13 +19,20 @@ WORKDIR /src
 COPY . .
 RUN cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release -DMEGACPP_CUDA_GENCODE="${GENCODE}" \
     && cmake --build build -j"$(nproc)"
+# The shared libraries the binary needs beyond glibc, the driver and what the cuDNN runtime base ships
+# (cuDNN, cuBLAS): yaml-cpp, spdlog, fmt, NCCL ... — copied rather than named per distribution release.
+RUN mkdir -p /runtime-libs && ldd build/megacpp | awk '/=> \//{print $3}' \
+    | grep -vE '/(libc|libm|libpthread|libdl|librt|ld-linux[^/]*|libcuda|libcudnn[^/]*|libcublas[^/]*)\.so' \
+    | xargs -r -I{} cp -L {} /runtime-libs/
 
 # ---- runtime: the binary, the recipes and the runtime libraries ----------------------------------
 FROM ${CUDA_RUNTIME_BASE} AS runtime
-RUN apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-      libyaml-cpp0.8 libspdlog1.12 libfmt9 libnccl2 libopenmpi3t64 libstdc++-13-dev \
+# libstdc++ headers: the default training corpus (recipes/smoke.yaml) is the machine's C++ headers.
+RUN apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends libstdc++-13-dev \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /work
+COPY --from=build /runtime-libs/ /usr/local/lib/megacpp/
+ENV LD_LIBRARY_PATH=/usr/local/lib/megacpp
 COPY --from=build /src/build/megacpp /usr/local/bin/megacpp
 COPY recipes/ /work/recipes/
 ENTRYPOINT ["megacpp"]
