@@ -30,5 +30,6 @@ void add_train_command(CLI::App& app, Invocation& inv, int& exit_code);
 void add_bench_command(CLI::App& app, Invocation& inv, int& exit_code);
 void add_sweep_command(CLI::App& app, Invocation& inv, int& exit_code);
 void add_data_command(CLI::App& app, Invocation& inv, int& exit_code);
+void add_export_command(CLI::App& app, Invocation& inv, int& exit_code);
 
 }  // namespace megacpp::app

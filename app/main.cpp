@@ -23,6 +23,7 @@ int main(int argc, char** argv) {
   add_sweep_command(app, inv, exit_code);
   add_plan_command(app, inv, exit_code);
   add_data_command(app, inv, exit_code);
+  add_export_command(app, inv, exit_code);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
