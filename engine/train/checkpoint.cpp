@@ -65,7 +65,8 @@ std::string step_name(int64_t step) {
 }
 }  // namespace
 
-std::string save_checkpoint(const std::string& dir, const CheckpointData& c, int64_t keep) {
+std::string save_checkpoint(const std::string& dir, const CheckpointData& c, int64_t keep,
+                            const std::function<void(const std::string& tmp_dir)>& before_publish) {
   fs::create_directories(dir);
   const fs::path final_dir = fs::path(dir) / step_name(c.state.step);
   const fs::path tmp = fs::path(dir) / ("." + step_name(c.state.step) + ".tmp-" + std::to_string(::getpid()));
@@ -87,6 +88,7 @@ std::string save_checkpoint(const std::string& dir, const CheckpointData& c, int
   write_synced(tmp / "state.json", sj);
   manifest["files"]["state.json"] = {{"bytes", sj.size()}, {"sha256", sha256_hex(sj)}};
   write_synced(tmp / "manifest.json", manifest.dump(2));
+  if (before_publish) before_publish(tmp.string());
   fsync_dir(tmp);
   if (fs::exists(final_dir)) fs::remove_all(final_dir);  // re-saving the same step (e.g. final == periodic)
   fs::rename(tmp, final_dir);
@@ -94,6 +96,35 @@ std::string save_checkpoint(const std::string& dir, const CheckpointData& c, int
   const auto all = list_checkpoints(dir);
   for (std::size_t i = static_cast<std::size_t>(std::max<int64_t>(keep, 1)); i < all.size(); ++i) fs::remove_all(all[i]);
   return final_dir.string();
+}
+
+namespace {
+std::string rank_dir_name(int rank) {
+  char b[32];
+  std::snprintf(b, sizeof b, "rank-%05d", rank);
+  return b;
+}
+}  // namespace
+
+void write_zero_shard(const std::string& ckpt_dir, int rank, int world, const std::vector<float>& m, const std::vector<float>& v) {
+  const fs::path zdir = fs::path(ckpt_dir) / "zero";
+  fs::create_directories(zdir);
+  const fs::path final_dir = zdir / rank_dir_name(rank);
+  const fs::path tmp = zdir / ("." + rank_dir_name(rank) + ".tmp-" + std::to_string(::getpid()));
+  fs::remove_all(tmp);
+  fs::create_directories(tmp);
+  nlohmann::json manifest = {{"format", "megacpp.zero-shard/1"}, {"rank", rank}, {"world", world}, {"files", nlohmann::json::object()}};
+  for (const auto& [name, vec] : {std::pair<std::string, const std::vector<float>*>{"adam_m.bin", &m}, {"adam_v.bin", &v}}) {
+    const std::string bytes = floats_bytes(*vec);
+    write_synced(tmp / name, bytes);
+    manifest["files"][name] = {{"bytes", bytes.size()}, {"sha256", sha256_hex(bytes)}};
+  }
+  write_synced(tmp / "manifest.json", manifest.dump(2));
+  write_synced(tmp / "COMPLETE", "ok\n");
+  fsync_dir(tmp);
+  if (fs::exists(final_dir)) fs::remove_all(final_dir);
+  fs::rename(tmp, final_dir);
+  fsync_dir(zdir);
 }
 
 std::vector<std::string> list_checkpoints(const std::string& dir) {
@@ -137,6 +168,32 @@ CheckpointData load_checkpoint(const std::string& ckpt_dir) {
   c.params = floats_from(bytes["params.bin"], d / "params.bin");
   c.adam_m = floats_from(bytes["adam_m.bin"], d / "adam_m.bin");
   c.adam_v = floats_from(bytes["adam_v.bin"], d / "adam_v.bin");
+  if (c.state.extra.contains("zero")) {  // ZeRO-1 shards: verify each, concatenate in rank order
+    const auto& z = c.state.extra["zero"];
+    const int world = z.at("world").get<int>();
+    const auto numel = z.at("numel").get<std::size_t>();
+    c.adam_m.clear(), c.adam_v.clear();
+    for (int q = 0; q < world; ++q) {
+      const fs::path rd = d / "zero" / rank_dir_name(q);
+      if (!fs::exists(rd / "COMPLETE"))
+        throw std::runtime_error("checkpoint " + ckpt_dir + ": the ZeRO optimizer shard of rank " + std::to_string(q) + " of " +
+                                 std::to_string(world) + " is missing or incomplete (no " + (rd / "COMPLETE").string() + ")");
+      const auto zm = nlohmann::json::parse(read_all(rd / "manifest.json"));
+      for (const char* name : {"adam_m.bin", "adam_v.bin"}) {
+        const std::string b = read_all(rd / name);
+        const auto& info = zm.at("files").at(name);
+        if (b.size() != info.at("bytes").get<std::size_t>() || sha256_hex(b) != info.at("sha256").get<std::string>())
+          throw std::runtime_error("checkpoint " + ckpt_dir + ": ZeRO shard " + (rd / name).string() + " fails its checksum");
+        auto v = floats_from(b, rd / name);
+        auto& dst = std::string(name) == "adam_m.bin" ? c.adam_m : c.adam_v;
+        dst.insert(dst.end(), v.begin(), v.end());
+      }
+    }
+    if (c.adam_m.size() < numel || c.adam_v.size() < numel)
+      throw std::runtime_error("checkpoint " + ckpt_dir + ": ZeRO shards hold " + std::to_string(c.adam_m.size()) +
+                               " optimizer elements, the parameters " + std::to_string(numel));
+    c.adam_m.resize(numel), c.adam_v.resize(numel);
+  }
   return c;
 }
 

@@ -8,6 +8,7 @@
 // half-visible checkpoint. manifest.json carries the sha256 of every file; load verifies them.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -30,7 +31,17 @@ struct CheckpointData {
 
 // Writes step-<step> under `dir` (created), then keeps only the newest `keep` checkpoints.
 // Returns the checkpoint directory.
-std::string save_checkpoint(const std::string& dir, const CheckpointData& c, int64_t keep);
+// `before_publish` (optional) runs with the temporary directory after its files are written and
+// before it is renamed into place: data-parallel ranks write their ZeRO shards into it then.
+std::string save_checkpoint(const std::string& dir, const CheckpointData& c, int64_t keep,
+                            const std::function<void(const std::string& tmp_dir)>& before_publish = {});
+// ZeRO-1 (parallel.zero: 1): rank `rank` of `world` holds AdamW m and v of the flat parameter range
+// [rank·shard, rank·shard + shard) (zero-padded past the end). write_zero_shard writes them as
+// <ckpt>/zero/rank-RRRRR/{adam_m.bin, adam_v.bin, manifest.json, COMPLETE}: temporary directory,
+// fsync, rename, the COMPLETE marker last. A checkpoint whose state.extra.zero = {world, shard, numel}
+// has empty adam_*.bin at the top; load_checkpoint verifies every shard (marker and checksums) and
+// returns the concatenated full-length m and v, so a resumed run can use any DP size (re-shard on load).
+void write_zero_shard(const std::string& ckpt_dir, int rank, int world, const std::vector<float>& m, const std::vector<float>& v);
 // Loads and verifies one checkpoint directory; throws std::runtime_error naming the bad file.
 CheckpointData load_checkpoint(const std::string& ckpt_dir);
 // Checkpoint directories under `dir`, newest first.

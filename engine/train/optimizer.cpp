@@ -1,5 +1,6 @@
 #include "engine/train/optimizer.hpp"
 
+#include <algorithm>
 #include <cmath>
 
 namespace megacpp {
@@ -55,6 +56,29 @@ void AdamW<T>::step(ParamStore<T>& ps, double lr, double gnorm, int64_t step) {
       double p = ps.data[k];
       p -= lr * (mk / bc1 / (std::sqrt(vk / bc2) + eps_) + wd * p);
       ps.data[k] = static_cast<T>(p);
+    }
+  }
+}
+
+template <typename T>
+void AdamW<T>::step_shard(ParamStore<T>& ps, const T* shard_grads, int64_t lo, int64_t hi, double lr, double gnorm, int64_t step) {
+  const double scale = (clip_ > 0 && gnorm > clip_) ? clip_ / (gnorm + 1e-6) : 1.0;
+  const double bc1 = 1.0 - std::pow(beta1_, static_cast<double>(step + 1));
+  const double bc2 = 1.0 - std::pow(beta2_, static_cast<double>(step + 1));
+  for (const auto& s : ps.specs) {
+    const int64_t a = std::max(lo, s.offset), b = std::min(hi, s.offset + s.numel);
+    if (a >= b) continue;
+    const double wd = s.decay ? wd_ : 0.0;
+    for (int64_t k = a; k < b; ++k) {
+      const auto j = static_cast<std::size_t>(k - lo);
+      const double g = shard_grads[j] * scale;
+      const double mk = beta1_ * m[j] + (1 - beta1_) * g;
+      const double vk = beta2_ * v[j] + (1 - beta2_) * g * g;
+      m[j] = static_cast<T>(mk);
+      v[j] = static_cast<T>(vk);
+      double p = ps.data[static_cast<std::size_t>(k)];
+      p -= lr * (mk / bc1 / (std::sqrt(vk / bc2) + eps_) + wd * p);
+      ps.data[static_cast<std::size_t>(k)] = static_cast<T>(p);
     }
   }
 }

@@ -24,6 +24,10 @@ class AdamW {
   // Clips (scales grads so that the norm is ≤ clip when clip > 0), then updates params. `step` is the
   // 0-based optimizer step (bias correction uses step+1).
   void step(ParamStore<T>& ps, double lr, double grad_norm, int64_t step);
+  // ZeRO-1: updates only ps.data[lo, hi) from `shard_grads` (element k at shard_grads[k - lo]: this
+  // rank's reduce-scattered gradient shard); m and v hold only the shard (m[k - lo]). The arithmetic
+  // per element is the same as step()'s.
+  void step_shard(ParamStore<T>& ps, const T* shard_grads, int64_t lo, int64_t hi, double lr, double grad_norm, int64_t step);
 
   std::vector<T> m, v;  // fp32 (T) state, same layout as the ParamStore
 

@@ -11,6 +11,7 @@
 #include "engine/data/corpus.hpp"
 #include "engine/data/loader.hpp"
 #include "engine/data/unigram.hpp"
+#include "engine/dist/communicator.hpp"
 #include "engine/model/model.hpp"
 #include "engine/plan/plan.hpp"
 #include "engine/train/checkpoint.hpp"
@@ -107,9 +108,24 @@ int run_training(const Recipe& r, const TrainOptions& opt, RunReceipt& rc) {
                       r.features.psiv_cache ? "the PsiV cache is a CUDA-kernel feature; the CPU reference recomputes" : "");
   if (!t.recompute.empty())
     rc.record_feature("recompute", t.recompute, nlohmann::json::array(), "activation recomputation is not implemented on the CPU backend");
-  const int64_t world = 1, dp = 1;
+  // ---- data parallelism (comm == nullptr: the single-rank path) ----
+  Communicator* comm = opt.comm && opt.comm->world() > 1 ? opt.comm : nullptr;
+  const int rank = comm ? comm->rank() : 0;
+  const bool lead = rank == 0;  // writes the receipt, the metrics.jsonl series, the replicated checkpoint
+  const bool zero = comm && r.parallel.zero >= 1;
+  if (comm) verify_same_config(*comm, r.config_sha256);
+  if (r.parallel.tp > 1 || r.parallel.ep > 1)
+    throw std::runtime_error("parallel.tp=" + std::to_string(r.parallel.tp) + ", parallel.ep=" + std::to_string(r.parallel.ep) +
+                             ": tensor/expert parallelism has not landed yet (data parallelism has: set tp: 1 and ep: 1)");
+  if (!comm && r.parallel.zero >= 1)
+    rc.record_feature("zero", r.parallel.zero, 0, "one rank: there is nothing to shard the optimizer state over");
+  const int64_t world = comm ? comm->world() : 1, dp = world;
   if (t.global_batch % (t.mbs * dp) != 0)
-    throw std::runtime_error("train.global_batch must be a multiple of mbs·dp");
+    throw std::runtime_error("train.global_batch must be a multiple of mbs·dp (global_batch " + std::to_string(t.global_batch) +
+                             ", mbs " + std::to_string(t.mbs) + ", dp " + std::to_string(dp) + ")");
+  // Every rank knows rank 0's run directory (checkpoints, per-rank metrics).
+  const std::string shared_run_dir = comm ? broadcast_string(*comm, lead ? rc.run_dir() : std::string(), 0) : std::string();
+  auto run_dir = [&]() -> std::string { return comm ? shared_run_dir : rc.run_dir(); };
   const int64_t n_micro = t.global_batch / (t.mbs * dp);
   const int64_t tokens_per_step = t.global_batch * t.seq_len;
 
@@ -123,6 +139,23 @@ int run_training(const Recipe& r, const TrainOptions& opt, RunReceipt& rc) {
     model->init_params(static_cast<uint64_t>(t.seed));
     adam = std::make_unique<AdamW<float>>(t, model->params().numel());
     plan = make_plan(r, PlanOptions{world, 0});
+  }
+  // ZeRO-1 geometry: the flat buffer of N elements is cut into `world` shards of S (the last padded).
+  const int64_t N = model->params().numel();
+  const int64_t S = zero ? (N + world - 1) / world : N;
+  const int64_t lo = zero ? std::min(N, rank * S) : 0, hi = zero ? std::min(N, lo + S) : N;
+  std::vector<float> gpad, gshard, ppad, pshard;
+  if (zero) {
+    adam = std::make_unique<AdamW<float>>(t, S);  // this rank's shard of m and v only
+    gpad.assign(static_cast<std::size_t>(S * world), 0.f), ppad.assign(static_cast<std::size_t>(S * world), 0.f);
+    gshard.assign(static_cast<std::size_t>(S), 0.f), pshard.assign(static_cast<std::size_t>(S), 0.f);
+  }
+  if (comm) {
+    tr["distributed"] = {{"world", world}, {"dp", dp}, {"tp", 1}, {"ep", 1}, {"zero", zero ? 1 : 0}, {"communicator", comm->kind()},
+                         {"bucket_elems", opt.bucket_elems},
+                         {"data", "rank k takes micro-batches k·m … k·m+m-1 of the step's global batch (loader.batch(step, "
+                                  "global micro, 0, 1)): the global batch is the same for every DP size"}};
+    if (lead) rc.set_parallel({{"world", world}, {"tp", 1}, {"ep", 1}, {"dp", dp}, {"zero", zero ? 1 : 0}});
   }
   const double step_flops_per_token = plan.step_flops_per_token;
   const std::string gpu_name = gpu_runtime().gpus.empty() ? "" : gpu_runtime().gpus.front().name;
@@ -140,7 +173,9 @@ int run_training(const Recipe& r, const TrainOptions& opt, RunReceipt& rc) {
   double best_val = -1;
   {
     BadputTimer bt(gp, Badput::training_prep);
+    if (comm && !lead) comm->barrier();  // rank 0 prepares (or validates) the data cache first
     const data::PreparedData pd = data::ensure_data(r.data);
+    if (comm && lead) comm->barrier();
     tr["data"] = {{"dir", pd.dir}, {"reused_cache", pd.reused}, {"prepare_s", pd.seconds}};
     train_loader = std::make_unique<data::TokenLoader>(pd.dir, "train", t.seq_len, t.mbs, static_cast<uint64_t>(t.seed));
     val_loader = std::make_unique<data::TokenLoader>(pd.dir, "val", t.seq_len, t.mbs, static_cast<uint64_t>(t.seed));
@@ -154,7 +189,7 @@ int run_training(const Recipe& r, const TrainOptions& opt, RunReceipt& rc) {
     tr["train_tokens"] = train_loader->tokens();
     tr["val_tokens"] = val_loader->tokens();
     if (!opt.resume.empty()) {
-      const std::string base = fs::path(rc.run_dir()).parent_path().string();
+      const std::string base = fs::path(run_dir()).parent_path().string();
       const std::string ck = resolve_resume(opt.resume, r, base);
       const CheckpointData c = load_checkpoint(ck);
       auto& ps = model->params();
@@ -162,8 +197,18 @@ int run_training(const Recipe& r, const TrainOptions& opt, RunReceipt& rc) {
         throw std::runtime_error("checkpoint " + ck + " holds " + std::to_string(c.params.size()) +
                                  " parameters; this recipe's model has " + std::to_string(ps.data.size()));
       ps.data = c.params;
-      adam->m = c.adam_m;
-      adam->v = c.adam_v;
+      if (comm && (c.adam_m.size() != ps.data.size() || c.adam_v.size() != ps.data.size()))
+        throw std::runtime_error("checkpoint " + ck + ": optimizer state of " + std::to_string(c.adam_m.size()) + " elements for " +
+                                 std::to_string(ps.data.size()) + " parameters");
+      if (zero) {  // re-shard: this rank's slice of the full m and v (whatever DP size wrote them)
+        adam->m.assign(static_cast<std::size_t>(S), 0.f), adam->v.assign(static_cast<std::size_t>(S), 0.f);
+        std::copy(c.adam_m.begin() + lo, c.adam_m.begin() + hi, adam->m.begin());
+        std::copy(c.adam_v.begin() + lo, c.adam_v.begin() + hi, adam->v.begin());
+      } else {
+        adam->m = c.adam_m;
+        adam->v = c.adam_v;
+      }
+      if (c.state.extra.contains("dp")) tr["resumed_from_dp"] = c.state.extra["dp"];
       start_step = c.state.step;
       tokens_seen = c.state.tokens_seen;
       best_val = c.state.best_val_loss;
@@ -189,33 +234,113 @@ int run_training(const Recipe& r, const TrainOptions& opt, RunReceipt& rc) {
   }
 
   // ---- the loop ----
-  train_loader->start_prefetch(start_step, n_micro, 0, static_cast<int>(world));
+  if (!comm) train_loader->start_prefetch(start_step, n_micro, 0, static_cast<int>(world));
+  // DP: rank k's micro-batch mi is the global micro-batch k·n_micro + mi of the step (DP-size invariant).
+  auto dp_batch = [&](int64_t s, int64_t mi) {
+    const auto w0 = std::chrono::steady_clock::now();
+    data::Batch b;
+    b.step = s, b.micro = rank * n_micro + mi;
+    b.tokens = train_loader->batch(s, b.micro, 0, 1);
+    b.wait_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - w0).count();
+    return b;
+  };
+  // Gradient reduction: plain DP all-reduces the flat grad buffer in fixed buckets; ZeRO-1
+  // reduce-scatters it into this rank's shard. The backward already scaled by 1/(global tokens), so the
+  // sum over ranks is the token mean over all ranks.
+  auto reduce_grads = [&]() {
+    auto& g = model->params().grads;
+    if (zero) {
+      std::copy(g.begin(), g.end(), gpad.begin());
+      comm->reduce_scatter_sum(gpad.data(), gshard.data(), static_cast<std::size_t>(S));
+    } else {
+      const auto B = static_cast<std::size_t>(std::max<int64_t>(1, opt.bucket_elems));
+      for (std::size_t off = 0; off < g.size(); off += B) comm->all_reduce_sum(g.data() + off, std::min(B, g.size() - off));
+    }
+  };
+  auto zero_grad_norm = [&]() {
+    double ss = 0;
+    for (int64_t k = 0; k < hi - lo; ++k) ss += static_cast<double>(gshard[static_cast<std::size_t>(k)]) * gshard[static_cast<std::size_t>(k)];
+    comm->all_reduce_sum(&ss, 1);
+    return std::sqrt(ss);
+  };
+  auto gather_params = [&]() {  // ZeRO-1: every rank's updated shard to every rank
+    auto& p = model->params().data;
+    std::fill(pshard.begin(), pshard.end(), 0.f);
+    std::copy(p.begin() + lo, p.begin() + hi, pshard.begin());
+    comm->all_gather(pshard.data(), ppad.data(), static_cast<std::size_t>(S));
+    std::copy(ppad.begin(), ppad.begin() + N, p.begin());
+  };
+  std::unique_ptr<LineStream> rank_metrics;  // DP: metrics-rank<k>.jsonl of every rank
+  if (comm) rank_metrics = std::make_unique<LineStream>(run_dir() + "/metrics-rank" + std::to_string(rank) + ".jsonl");
+  std::vector<double> step_times;  // DP: this rank's step times (for rank 0's receipt)
   nlohmann::json series = nlohmann::json::array();
   nlohmann::json checkpoints = nlohmann::json::array();
-  const std::string ckpt_dir = rc.run_dir() + "/checkpoints";
+  const std::string ckpt_dir = run_dir() + "/checkpoints";
   int64_t bad_in_a_row = 0, bad_total = 0, step = start_step;
   double last_loss = NAN, last_val = NAN;
   auto evaluate = [&]() {
     BadputTimer bt(gp, Badput::eval);
     double sum = 0, n = 0;
     for (int64_t i = 0; i < t.eval_batches; ++i) {
+      if (comm && i % world != rank) continue;  // DP: the eval batches are split over the ranks
       const auto toks = val_loader->eval_batch(i);
       sum += model->forward_loss(toks.data(), t.mbs);
       n += static_cast<double>(t.mbs * t.seq_len);
     }
+    if (comm) {
+      double sn[2] = {sum, n};
+      comm->all_reduce_sum(sn, 2);
+      sum = sn[0], n = sn[1];
+    }
     last_val = sum / n;
     if (best_val < 0 || last_val < best_val) best_val = last_val;
-    rc.metrics().append(nlohmann::json{{"step", step}, {"val_loss", last_val}}.dump());
-    if (!opt.quiet) std::printf("step %lld | val loss %.4f (unigram baseline %.4f)\n", (long long)step, last_val, unigram_val);
+    if (lead) rc.metrics().append(nlohmann::json{{"step", step}, {"val_loss", last_val}}.dump());
+    if (!opt.quiet && lead) std::printf("step %lld | val loss %.4f (unigram baseline %.4f)\n", (long long)step, last_val, unigram_val);
   };
   auto checkpoint = [&]() {
     BadputTimer bt(gp, Badput::checkpoint_save);
     CheckpointData c;
     c.state = {step, tokens_seen, best_val, r.config_sha256, {{"recipe", r.name}, {"dtype", "fp32"}}};
-    c.params = model->params().data;
-    c.adam_m = adam->m;
-    c.adam_v = adam->v;
-    const std::string d = save_checkpoint(ckpt_dir, c, t.keep_checkpoints);
+    std::string d;
+    if (!comm) {
+      c.params = model->params().data;
+      c.adam_m = adam->m;
+      c.adam_v = adam->v;
+      d = save_checkpoint(ckpt_dir, c, t.keep_checkpoints);
+    } else {
+      c.state.extra["dp"] = world;
+      if (!zero) {  // replicated: rank 0 writes everything
+        if (lead) {
+          c.params = model->params().data;
+          c.adam_m = adam->m;
+          c.adam_v = adam->v;
+          d = save_checkpoint(ckpt_dir, c, t.keep_checkpoints);
+        }
+      } else {  // rank 0 writes the params; every rank its optimizer shard, into the same unpublished dir
+        c.state.extra["zero"] = {{"world", world}, {"shard", S}, {"numel", N}};
+        auto shards = [&](const std::string& tmp) {
+          write_zero_shard(tmp, rank, static_cast<int>(world), adam->m, adam->v);
+          comm->barrier();  // every shard is in place
+        };
+        if (lead) {
+          c.params = model->params().data;
+          d = save_checkpoint(ckpt_dir, c, t.keep_checkpoints, [&](const std::string& tmp) {
+            broadcast_string(*comm, tmp, 0);
+            shards(tmp);
+            for (int64_t q = 0; q < world; ++q) {
+              char rd[32];
+              std::snprintf(rd, sizeof rd, "rank-%05lld", static_cast<long long>(q));
+              if (!fs::exists(fs::path(tmp) / "zero" / rd / "COMPLETE"))
+                throw std::runtime_error("checkpoint: the ZeRO shard of rank " + std::to_string(q) + " was not written");
+            }
+          });
+        } else {
+          shards(broadcast_string(*comm, std::string(), 0));
+        }
+      }
+      comm->barrier();  // published before any rank goes on
+    }
+    if (!lead) return;
     checkpoints.push_back({{"step", step}, {"dir", d}});
     tr["checkpoints"] = checkpoints;
     rc.write();  // the receipt follows the run: a crash after this still has everything so far
@@ -231,6 +356,34 @@ int run_training(const Recipe& r, const TrainOptions& opt, RunReceipt& rc) {
     tr["peak_rss_mib"] = peak_rss_mib();
     tr["data_wait_s"] = train_loader->total_wait_s();
     tr["goodput"] = gp.to_json();
+    if (comm) {  // per-rank step times and communication per collective type, gathered for rank 0's receipt
+      constexpr std::size_t K = static_cast<std::size_t>(CollKind::kCount);
+      const auto st = comm->stats();  // before the gather below
+      std::vector<double> mine(step_times);
+      for (const auto& x : st) mine.push_back(static_cast<double>(x.calls)), mine.push_back(x.seconds), mine.push_back(static_cast<double>(x.bytes));
+      std::vector<double> all(mine.size() * static_cast<std::size_t>(world));
+      comm->all_gather(mine.data(), all.data(), mine.size());
+      nlohmann::json per_rank = nlohmann::json::array();
+      double comm_total = 0;
+      for (int64_t q = 0; q < world; ++q) {
+        const double* row = all.data() + static_cast<std::size_t>(q) * mine.size();
+        const std::size_t ns = step_times.size();
+        nlohmann::json ms = nlohmann::json::array(), cj = nlohmann::json::object();
+        double sum = 0, mx = 0, cs = 0;
+        for (std::size_t i = 0; i < ns; ++i) ms.push_back(row[i] * 1e3), sum += row[i], mx = std::max(mx, row[i]);
+        for (std::size_t k = 0; k < K; ++k) {
+          const double* e = row + ns + 3 * k;
+          if (e[0] > 0) cj[coll_name(static_cast<CollKind>(k))] = {{"calls", e[0]}, {"seconds", e[1]}, {"bytes", e[2]}}, cs += e[1];
+        }
+        comm_total = std::max(comm_total, cs);
+        per_rank.push_back({{"rank", q}, {"step_ms", ms}, {"mean_step_ms", ns ? 1e3 * sum / static_cast<double>(ns) : 0.0},
+                            {"max_step_ms", 1e3 * mx}, {"comm", cj}, {"comm_s", cs}});
+      }
+      tr["distributed"]["per_rank"] = per_rank;
+      // The CPU backend reduces after the backward, nothing overlaps: all communication is exposed.
+      tr["distributed"]["exposed_comm_s"] = comm_total;
+      tr["distributed"]["overlapped_comm_s"] = 0.0;
+    }
   };
   const double peak = dense_bf16_peak_tflops(gpu_name);
   const auto t_loop = std::chrono::steady_clock::now();
@@ -240,27 +393,39 @@ int run_training(const Recipe& r, const TrainOptions& opt, RunReceipt& rc) {
     double loss_sum = 0, wait = 0;
     const auto t0 = std::chrono::steady_clock::now();
     for (int64_t mi = 0; mi < n_micro; ++mi) {
-      data::Batch b = train_loader->next();
+      data::Batch b = comm ? dp_batch(step, mi) : train_loader->next();
       wait += b.wait_s;
       // Token-weighted: every token of the step counts equally, whatever micro-batch it is in.
       loss_sum += model->forward_backward(b.tokens.data(), t.mbs, 1.0 / static_cast<double>(tokens_per_step));
     }
+    const double local_loss_sum = loss_sum;
+    double comm_s0 = 0;
+    if (comm) {
+      for (const auto& x : comm->stats()) comm_s0 += x.seconds;
+      reduce_grads();
+      comm->all_reduce_sum(&loss_sum, 1);
+    }
     const double loss = loss_sum / static_cast<double>(tokens_per_step);
     const AuxLosses aux = model->aux_losses();
-    const double gnorm = AdamW<float>::grad_norm(model->params());
+    const double gnorm = zero ? zero_grad_norm() : AdamW<float>::grad_norm(model->params());
     const bool bad = !std::isfinite(loss) || !std::isfinite(gnorm);
     if (bad) {
       ++bad_in_a_row, ++bad_total;
-      std::fprintf(stderr, "step %lld: non-finite %s; step skipped (%lld in a row, limit %lld)\n", (long long)step,
+      if (lead) std::fprintf(stderr, "step %lld: non-finite %s; step skipped (%lld in a row, limit %lld)\n", (long long)step,
                    std::isfinite(loss) ? "gradient" : "loss", (long long)bad_in_a_row, (long long)t.max_bad_steps);
       if (bad_in_a_row >= t.max_bad_steps) {
         finish_receipt();
-        rc.finish_failed("stopped after " + std::to_string(bad_in_a_row) + " consecutive non-finite steps", "bad-steps");
+        if (lead) rc.finish_failed("stopped after " + std::to_string(bad_in_a_row) + " consecutive non-finite steps", "bad-steps");
         return 1;
       }
     } else {
       bad_in_a_row = 0;
-      adam->step(model->params(), lr, gnorm, step);
+      if (zero) {
+        adam->step_shard(model->params(), gshard.data(), lo, hi, lr, gnorm, step);
+        gather_params();
+      } else {
+        adam->step(model->params(), lr, gnorm, step);
+      }
     }
     const double total_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     const double step_s = std::max(1e-9, total_s - wait);
@@ -293,9 +458,18 @@ int run_training(const Recipe& r, const TrainOptions& opt, RunReceipt& rc) {
       tr["aux_loss"] = aux.aux;
       tr["z_loss"] = aux.z;
     }
+    if (comm) {
+      double comm_s1 = 0;
+      for (const auto& x : comm->stats()) comm_s1 += x.seconds;
+      step_times.push_back(step_s);
+      rank_metrics->append(nlohmann::json{{"rank", rank}, {"step", step + 1}, {"loss", loss},
+                                          {"local_loss", local_loss_sum / static_cast<double>(n_micro * t.mbs * t.seq_len)},
+                                          {"ms", total_s * 1e3}, {"comm_ms", (comm_s1 - comm_s0) * 1e3}, {"data_wait_ms", wait * 1e3},
+                                          {"grad_norm", gnorm}, {"skipped", bad}}.dump());
+    }
     series.push_back(point);
-    rc.metrics().append(point.dump());
-    if (!opt.quiet && ((step + 1) % t.log_every == 0 || step + 1 == t.steps)) {
+    if (lead) rc.metrics().append(point.dump());
+    if (!opt.quiet && lead && ((step + 1) % t.log_every == 0 || step + 1 == t.steps)) {
       char mfu[16];
       if (peak > 0) std::snprintf(mfu, sizeof mfu, "%.1f%%", 100 * tflops / peak);
       else std::snprintf(mfu, sizeof mfu, "n/a");
@@ -315,12 +489,19 @@ int run_training(const Recipe& r, const TrainOptions& opt, RunReceipt& rc) {
       ++step, checkpoint(), --step;
     }
     if (opt.interrupt_after_step == step + 1) request_training_interrupt();
-    if (training_interrupt_requested() && !last) {
+    bool stop_now = training_interrupt_requested();
+    if (comm) {  // every rank stops at the same step
+      double f = stop_now ? 1 : 0;
+      comm->all_reduce_sum(&f, 1);
+      stop_now = f > 0;
+    }
+    if (stop_now && !last) {
       g_interrupt = 0;
       ++step;
       checkpoint();
       train_loader->stop_prefetch();
       finish_receipt();
+      if (!lead) return 130;
       rc.finish_interrupted("interrupted by signal after step " + std::to_string(step) + "; checkpoint written");
       std::fprintf(stderr, "interrupted: checkpoint at step %lld written; resume with --resume %s\n", (long long)step,
                    rc.run_dir().c_str());
@@ -333,7 +514,7 @@ int run_training(const Recipe& r, const TrainOptions& opt, RunReceipt& rc) {
     checkpoint();
   }
   finish_receipt();
-  if (!opt.quiet)
+  if (!opt.quiet && lead)
     std::printf("done: %lld steps, train loss %.4f, val loss %.4f (unigram baseline %.4f), goodput %.1f%%\n",
                 (long long)step, last_loss, last_val, unigram_val, 100.0 * gp.to_json()["goodput"].get<double>());
   return 0;

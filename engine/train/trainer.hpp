@@ -8,10 +8,17 @@
 
 namespace megacpp {
 
+class Communicator;  // engine/dist/communicator.hpp
+
 struct TrainOptions {
   std::string resume;  // "" | "latest" | RUN_DIR | checkpoint dir
   bool quiet = false;  // no per-step log lines (tests)
   int64_t interrupt_after_step = -1;  // tests: behave as if SIGINT arrived during this step (1-based)
+  // Data parallelism: null (or a world of 1) = the single-rank path, unchanged. Otherwise every rank
+  // of `comm` calls run_training with the same recipe; rank 0 writes the receipt and checkpoints.
+  // The CPU backend uses the in-process communicator; the CUDA backend will pass the NCCL one.
+  Communicator* comm = nullptr;
+  int64_t bucket_elems = int64_t{1} << 20;  // gradient all-reduce bucket over the flat grad buffer (elements)
 };
 
 // Runs the whole training; fills rc's "training" section and its status. Returns the exit code

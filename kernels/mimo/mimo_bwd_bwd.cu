@@ -1,6 +1,6 @@
 // mimo_bwd_bwd.cu — Mamba-3 MIMO backward: reverse chunk loop producing the gradients (kernel `mimo_bwd_bwd`).
 //
-// One CTA (256 threads) per (h, b); chunks c = nc−1 … 0, carrying dS (N×P fp32, in registers; dS_nc = 0).
+// One CTA (512 or 256 threads, see Resources) per (h, b); chunks c = nc−1 … 0, carrying dS (N×P fp32, in registers; dS_nc = 0).
 // Per chunk, with Q̄, K̄ (rotated, biased, bf16), V = x·Ψ (or the PsiV cache), g = dout·Φ·silu(zΖ) (M×P),
 // S_c (bf16, written by mimo_bwd_fwd), w_ij = factor_j e^{a_i−a_j} (s_i>s_j), γ (s_i=s_j), 0 otherwise:
 //   Sc = Q̄K̄ᵀ, Gv = g Vᵀ (M×M, MMA);  Pm = w∘Sc, Gm = w∘Gv (bf16), Z = Sc∘Gv (fp32)
@@ -15,8 +15,9 @@
 //   DFACTOR_t = Σ_{j∈t}[Σ_{i: s_i>t} e^{seg} Z_ij + e^{ā_j} X_j],  DGAMMA_t = Σ_{same step} Z.
 // Writes: dQ/dK per value head (B,S,R,H,N) bf16 (group-reduced in mimo_bwd_post), dV→dx (B,S,H,P) bf16,
 // dADT, DFACTOR, DGAMMA (B,H,S) fp32, dAngles (B,S,H,N_ang) fp32, per-(b,h) partials of dΨ, dD, dQ_bias, dK_bias.
-// Resources: 256 threads, 1 CTA/SM; NT=4: 246 regs, NT=8: 255 regs, no spills (ptxas sm_90a); dS NT·8 fp32 regs/thread;
-// smem bwd_layout() = 231,744 B at N=128,P=64,M=64 (the per-head parameters are read from global/L1 to fit).
+// Resources (v5, ptxas sm_90a, no spills): N·P ≤ 8192: 512 threads, dS NT=2 tiles/warp, 128 regs; N·P = 16384:
+// 256 threads, NT=8, 248 regs; 1 CTA/SM; smem bwd_layout() = 231,744 B at N=128,P=64,M=64 (the per-head parameters
+// are read from global/L1 to fit).
 #include <stdexcept>
 
 #include "kernels/common/cuda_check.hpp"
@@ -24,8 +25,14 @@
 
 namespace megacpp::mimo::dev {
 
-template <int NT>
-__global__ void __launch_bounds__(kThreads, 1) mimo_bwd_bwd_kernel(const KParams kp) {
+// v4: kBT threads per CTA, 1 CTA/SM (shared memory). N·P ≤ 8192: 512 threads (16 warps, ≤ 128 regs, dS NT=2
+// tiles per warp); N·P = 16384: 256 threads (8 warps, dS NT=8), because 512 threads × NT=4 spill at 128 regs.
+template <int kBT, int NT>
+__global__ void __launch_bounds__(kBT, 1) mimo_bwd_bwd_kernel(const KParams kp) {
+  constexpr int kBW = kBT / 32;
+  constexpr int kQBK = 2048 / kBT;  // bias-partial slots per thread: R·N ≤ 2048
+  constexpr int kPSK = 1024 / kBT;  // dΨ-partial slots per thread: R·P ≤ 1024
+  static_assert(kBT <= 2 * kThreads, "red scratch: bwd_layout reserves 2*kThreads floats");
   extern __shared__ __align__(16) unsigned char smem[];
   const MimoDims& d = kp.d;
   const int h = blockIdx.x, b = blockIdx.y;
@@ -64,22 +71,22 @@ __global__ void __launch_bounds__(kThreads, 1) mimo_bwd_bwd_kernel(const KParams
   const float Dh = kp.in.d[h];
   const size_t bh = static_cast<size_t>(b) * d.H + h;
 
-  for (int i = tid; i < N * ldv; i += kThreads) dSb[i] = __float2bfloat16(0.f);
-  zero_pad_rows(Qb, ldq, M, Mp);
-  zero_pad_rows(Kb, ldq, M, Mp);
-  zero_pad_rows(V, ldv, M, Mp);
-  zero_pad_rows(Gs, ldv, M, Mp);
-  zero_pad_rows(Gd, ldv, M, Mp);
+  for (int i = tid; i < N * ldv; i += kBT) dSb[i] = __float2bfloat16(0.f);
+  zero_pad_rows<kBT>(Qb, ldq, M, Mp);
+  zero_pad_rows<kBT>(Kb, ldq, M, Mp);
+  zero_pad_rows<kBT>(V, ldv, M, Mp);
+  zero_pad_rows<kBT>(Gs, ldv, M, Mp);
+  zero_pad_rows<kBT>(Gd, ldv, M, Mp);
 
   float dS[NT][2][4];
 #pragma unroll
   for (int k = 0; k < NT; ++k) zero_acc(dS[k]);
   const int ntS = nqt * npt;
-  float qb_acc[8], kb_acc[8], psi_acc[4], dd_acc = 0.f;
+  float qb_acc[kQBK], kb_acc[kQBK], psi_acc[kPSK], dd_acc = 0.f;
 #pragma unroll
-  for (int k = 0; k < 8; ++k) qb_acc[k] = kb_acc[k] = 0.f;
+  for (int k = 0; k < kQBK; ++k) qb_acc[k] = kb_acc[k] = 0.f;
 #pragma unroll
-  for (int k = 0; k < 4; ++k) psi_acc[k] = 0.f;
+  for (int k = 0; k < kPSK; ++k) psi_acc[k] = 0.f;
   __syncthreads();
 
   for (int c = d.nc - 1; c >= 0; --c) {
@@ -91,10 +98,10 @@ __global__ void __launch_bounds__(kThreads, 1) mimo_bwd_bwd_kernel(const KParams
       __syncwarp();
       step_weights(sc, W, Lc);
     }
-    load_qk_rot(kp, b, h, t0, qbias, kbias, Qb, Kb);
-    load_v(kp, b, h, t0, psi, V, kp.in.psiv_cache != nullptr);
+    load_qk_rot<kBT>(kp, b, h, t0, qbias, kbias, Qb, Kb);
+    load_v<kBT>(kp, b, h, t0, psi, V, kp.in.psiv_cache != nullptr);
 #pragma unroll 2
-    for (int it = tid; it < Lc * P / 2; it += kThreads) {
+    for (int it = tid; it < Lc * P / 2; it += kBT) {
       const int s = ((it * 2) >> lP), p = ((it * 2) & (P - 1)), t = t0 + s;
       const size_t gi = ((static_cast<size_t>(b) * d.S + t) * d.H + h) * P + p;
       const float2 zz = ldg_bf16x2(kp.in.z + gi), go = ldg_bf16x2(kp.dout + gi);
@@ -108,20 +115,21 @@ __global__ void __launch_bounds__(kThreads, 1) mimo_bwd_bwd_kernel(const KParams
     {
       const bf16_bits* src = kp.states + (bh * d.nc + c) * static_cast<size_t>(N) * P;
 #pragma unroll 4
-      for (int it = tid; it < N * P / 8; it += kThreads) {
+      for (int it = tid; it < N * P / 8; it += kBT) {
         const int n = ((it * 8) >> lP), p = ((it * 8) & (P - 1));
         *reinterpret_cast<uint4*>(Scb + n * ldv + p) = __ldg(reinterpret_cast<const uint4*>(src + n * P + p));
       }
     }
     __syncthreads();
+    if (c > 0) prefetch_chunk<kBT>(kp, b, h, t0 - Lc, true, true, true, c - 1);
     // ---- P1: Gd, M×M products, DDA partial -------------------------------------------------------
-    for (int it = tid; it < M * P / 2; it += kThreads) {
+    for (int it = tid; it < M * P / 2; it += kBT) {
       const int i = ((it * 2) >> lP), p = ((it * 2) & (P - 1));
       const float e = sc[kEA * kMaxLc + (i >> lR)];
       const float2 gg = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(Gs + i * ldv + p));
       st_bf16x2(Gd + i * ldv + p, gg.x * e, gg.y * e);
     }
-    for (int tile = warp; tile < mt * mt; tile += kWarps) {
+    for (int tile = warp; tile < mt * mt; tile += kBW) {
       const int m0 = (tile >> lmt) * 16, n0 = (tile & (mt - 1)) * 16;
       float a1[2][4], a2[2][4];
       zero_acc(a1);
@@ -152,7 +160,7 @@ __global__ void __launch_bounds__(kThreads, 1) mimo_bwd_bwd_kernel(const KParams
       float part = 0.f;
 #pragma unroll
       for (int k = 0; k < NT; ++k) {
-        const int t = warp + kWarps * k;
+        const int t = warp + kBW * k;
         if (t < ntS) {
           const int m0 = (t >> lnpt) * 16, n0 = (t & (npt - 1)) * 16;
 #pragma unroll
@@ -169,7 +177,7 @@ __global__ void __launch_bounds__(kThreads, 1) mimo_bwd_bwd_kernel(const KParams
     }
     __syncthreads();
     // ---- P2: step sums of Z, DDA, the gradient products, dS update --------------------------------
-    for (int it = tid; it < Lc * Lc; it += kThreads) {
+    for (int it = tid; it < Lc * Lc; it += kBT) {
       const int ti = it >> lLc, tj = it & (Lc - 1);
       float s = 0.f;
       if (ti >= tj) {
@@ -181,14 +189,14 @@ __global__ void __launch_bounds__(kThreads, 1) mimo_bwd_bwd_kernel(const KParams
     }
     if (warp == 0) {
       float s = 0.f;
-      for (int q = 0; q < kThreads / 32; ++q) s += red[lane * (kThreads / 32) + q];
+      for (int q = 0; q < kBT / 32; ++q) s += red[lane * (kBT / 32) + q];
 #pragma unroll
       for (int off = 16; off > 0; off >>= 1) s += __shfl_xor_sync(0xffffffffu, s, off);
       if (lane == 0) sc[kWork * kMaxLc + 1] = s;
     }
     {
       const int nQ = mt * nqt, nV = mt * npt;
-      for (int tile = warp; tile < 2 * nQ + nV; tile += kWarps) {
+      for (int tile = warp; tile < 2 * nQ + nV; tile += kBW) {
         float acc[2][4];
         zero_acc(acc);
         if (tile < nQ) {  // dQ̄
@@ -272,7 +280,7 @@ __global__ void __launch_bounds__(kThreads, 1) mimo_bwd_bwd_kernel(const KParams
       const float el = __expf(sc[kWork * kMaxLc]);
 #pragma unroll
       for (int k = 0; k < NT; ++k) {
-        const int t = warp + kWarps * k;
+        const int t = warp + kBW * k;
         if (t < ntS) {
 #pragma unroll
           for (int nt = 0; nt < 2; ++nt)
@@ -284,19 +292,35 @@ __global__ void __launch_bounds__(kThreads, 1) mimo_bwd_bwd_kernel(const KParams
     }
     __syncthreads();
     // ---- P3a: per-step row dots; un-rotation of dQ̄/dK̄ and dθ -------------------------------------
-    if (tid < Lc) {
-      const int s = tid;
+    // v5: one warp per step (lanes over the step's R·N/16 and R·P/16 partials, fixed shuffle order) instead of
+    // one thread per step summing them serially.
+#pragma unroll 1
+    for (int s = warp; s < Lc; s += kBW) {
       float da = 0.f, xs = 0.f;
-      for (int r = 0; r < R; ++r) {
-        const int i = s * R + r;
-        for (int q = 0; q < nqt; ++q) da += rowa[i * nqt + q];
-        for (int q = 0; q < npt; ++q) xs += rowx[i * npt + q];
+      for (int e = lane; e < R * nqt; e += 32) da += rowa[s * R * nqt + e];
+      for (int e = lane; e < R * npt; e += 32) xs += rowx[s * R * npt + e];
+#pragma unroll
+      for (int off = 16; off > 0; off >>= 1) {
+        da += __shfl_xor_sync(0xffffffffu, da, off);
+        xs += __shfl_xor_sync(0xffffffffu, xs, off);
       }
-      sc[kDA * kMaxLc + s] = da;
-      sc[kXs * kMaxLc + s] = xs;
+      if (lane == 0) {
+        sc[kDA * kMaxLc + s] = da;
+        sc[kXs * kMaxLc + s] = xs;
+      }
+    }
+    // v5: column suffix sums of the step table, Cs[i][j] = Σ_{i' ≥ i} Zs[i'][j] (in the Z region, free after P2),
+    // so that P3b's per-step sums are O(Lc) instead of O(Lc²).
+    if (tid >= kBT - Lc) {
+      const int j = tid - (kBT - Lc);
+      float acc = 0.f;
+      for (int i = Lc - 1; i >= 0; --i) {
+        acc += Zs[i * ldzs + j];
+        Z[i * ldzs + j] = acc;
+      }
     }
 #pragma unroll 2
-    for (int it = tid; it < Lc * half; it += kThreads) {
+    for (int it = tid; it < Lc * half; it += kBT) {
       const int s = it >> lhalf, j = it & (half - 1), t = t0 + s;
       const bool rot = j < d.n_ang;
       float sn = 0.f, cs = 1.f;
@@ -329,31 +353,27 @@ __global__ void __launch_bounds__(kThreads, 1) mimo_bwd_bwd_kernel(const KParams
       const float* eab = sc + kEAB * kMaxLc;
       const float* dA = sc + kDA * kMaxLc;
       const float* Xsum = sc + kXs * kMaxLc;
+      const float* Cs = Z;  // column suffix sums (P3a), row stride ldzs
       const float dlast = __expf(sc[kWork * kMaxLc]) * sc[kWork * kMaxLc + 1];
-      float dfac = eab[s] * Xsum[s];
-      for (int ti = s + 1; ti < Lc; ++ti) dfac += Zs[ti * ldzs + s];
+      const float dfac = eab[s] * Xsum[s] + (s + 1 < Lc ? Cs[(s + 1) * ldzs + s] : 0.f);
       float g = dlast;
       for (int t = s; t < Lc; ++t) g += dA[t];
-      for (int j = 0; j < s; ++j) {
-        float cs = 0.f;
-        for (int i = s; i < Lc; ++i) cs += Zs[i * ldzs + j];
-        g += fac[j] * (eab[j] * Xsum[j] + cs);
-      }
+      for (int j = 0; j < s; ++j) g += fac[j] * (eab[j] * Xsum[j] + Cs[s * ldzs + j]);
       const size_t o = bh * d.S + t0 + s;
       kp.dadt[o] = g;
       kp.dfac[o] = dfac;
       kp.dgam[o] = Zs[s * ldzs + s];
     }
     // dQ/dK per value head (bf16) and bias partials
-    for (int it = tid; it < M * half; it += kThreads) {
+    for (int it = tid; it < M * half; it += kBT) {
       const int i = it >> lhalf, n = (it & (half - 1)) * 2, s = i >> lR, r = i & (R - 1);
       const size_t o = (((static_cast<size_t>(b) * d.S + t0 + s) * R + r) * d.H + h) * N + n;
       st_bf16x2g(kp.dq_h + o, dQf[i * ldf + n], dQf[i * ldf + n + 1]);
       st_bf16x2g(kp.dk_h + o, dKf[i * ldf + n], dKf[i * ldf + n + 1]);
     }
 #pragma unroll
-    for (int k = 0; k < 8; ++k) {
-      const int it = tid + kThreads * k;
+    for (int k = 0; k < kQBK; ++k) {
+      const int it = tid + kBT * k;
       if (it < R * N) {
         const int r = it >> lN, n = it & (N - 1);
         float sq = 0.f, sk = 0.f;
@@ -363,7 +383,7 @@ __global__ void __launch_bounds__(kThreads, 1) mimo_bwd_bwd_kernel(const KParams
       }
     }
     // dx and dΨ, dD
-    for (int it = tid; it < Lc * P / 2; it += kThreads) {
+    for (int it = tid; it < Lc * P / 2; it += kBT) {
       const int s = ((it * 2) >> lP), p = ((it * 2) & (P - 1)), t = t0 + s;
       float a0 = 0.f, a1 = 0.f;
       for (int r = 0; r < R; ++r) {
@@ -373,8 +393,8 @@ __global__ void __launch_bounds__(kThreads, 1) mimo_bwd_bwd_kernel(const KParams
       st_bf16x2g(kp.dv + ((static_cast<size_t>(b) * d.S + t) * d.H + h) * P + p, a0, a1);
     }
 #pragma unroll
-    for (int k = 0; k < 4; ++k) {
-      const int it = tid + kThreads * k;
+    for (int k = 0; k < kPSK; ++k) {
+      const int it = tid + kBT * k;
       if (it < R * P) {
         const int r = it >> lP, p = it & (P - 1);
         float sacc = 0.f;
@@ -383,13 +403,13 @@ __global__ void __launch_bounds__(kThreads, 1) mimo_bwd_bwd_kernel(const KParams
         psi_acc[k] += sacc;
       }
     }
-    for (int it = tid; it < M * P; it += kThreads) {
+    for (int it = tid; it < M * P; it += kBT) {
       const int i = it >> lP, p = it & (P - 1);
       dd_acc += __bfloat162float(Gs[i * ldv + p]) * __bfloat162float(V[i * ldv + p]);
     }
 #pragma unroll
     for (int k = 0; k < NT; ++k) {
-      const int t = warp + kWarps * k;
+      const int t = warp + kBW * k;
       if (t < ntS) {
         const int m0 = (t >> lnpt) * 16, n0 = (t & (npt - 1)) * 16;
 #pragma unroll
@@ -406,23 +426,23 @@ __global__ void __launch_bounds__(kThreads, 1) mimo_bwd_bwd_kernel(const KParams
 
   // per-(b,h) partials: each (r,n)/(r,p) element is owned by exactly one thread; dD reduced in fixed order.
 #pragma unroll
-  for (int k = 0; k < 8; ++k) {
-    const int it = tid + kThreads * k;
+  for (int k = 0; k < kQBK; ++k) {
+    const int it = tid + kBT * k;
     if (it < R * N) {
       kp.p_dqb[bh * R * N + it] = qb_acc[k];
       kp.p_dkb[bh * R * N + it] = kb_acc[k];
     }
   }
 #pragma unroll
-  for (int k = 0; k < 4; ++k) {
-    const int it = tid + kThreads * k;
+  for (int k = 0; k < kPSK; ++k) {
+    const int it = tid + kBT * k;
     if (it < R * P) kp.p_dpsi[bh * R * P + it] = psi_acc[k];
   }
   red[tid] = dd_acc;
   __syncthreads();
   if (warp == 0) {
     float s = 0.f;
-    for (int q = 0; q < kThreads / 32; ++q) s += red[lane * (kThreads / 32) + q];
+    for (int q = 0; q < kBT / 32; ++q) s += red[lane * (kBT / 32) + q];
 #pragma unroll
     for (int off = 16; off > 0; off >>= 1) s += __shfl_xor_sync(0xffffffffu, s, off);
     if (lane == 0) kp.p_dd[bh] = s;
@@ -433,21 +453,23 @@ __global__ void __launch_bounds__(kThreads, 1) mimo_bwd_bwd_kernel(const KParams
 
 namespace megacpp::mimo::dev {
 namespace {
-int state_tiles_per_warp(const MimoDims& d) { return (d.N / 16) * (d.P / 16) <= 4 * kWarps ? 4 : 8; }
+// 512 threads (NT=2: 16 warps × 2 tiles ≥ N·P/256) when N·P ≤ 8192, else 256 threads with NT=8.
+bool wide_bwd(const MimoDims& d) { return (d.N / 16) * (d.P / 16) <= 2 * kBwdWarps; }
 }
+int bwd_bwd_threads(const MimoDims& d) { return wide_bwd(d) ? kBwdThreads : kThreads; }
 const void* bwd_bwd_kernel_ptr(const MimoDims& d) {
-  return state_tiles_per_warp(d) == 4 ? reinterpret_cast<const void*>(&mimo_bwd_bwd_kernel<4>)
-                                      : reinterpret_cast<const void*>(&mimo_bwd_bwd_kernel<8>);
+  return wide_bwd(d) ? reinterpret_cast<const void*>(&mimo_bwd_bwd_kernel<kBwdThreads, 2>)
+                     : reinterpret_cast<const void*>(&mimo_bwd_bwd_kernel<kThreads, 8>);
 }
 void launch_bwd_bwd_kernel(const KParams& kp, std::size_t smem, cudaStream_t st) {
-  auto launch = [&](auto kern) {
+  auto launch = [&](auto kern, int threads) {
     MEGACPP_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
-    kern<<<dim3(kp.d.H, kp.d.B), kThreads, smem, st>>>(kp);
+    kern<<<dim3(kp.d.H, kp.d.B), threads, smem, st>>>(kp);
     MEGACPP_CUDA_CHECK(cudaGetLastError());
   };
-  if (state_tiles_per_warp(kp.d) == 4)
-    launch(mimo_bwd_bwd_kernel<4>);
+  if (wide_bwd(kp.d))
+    launch(mimo_bwd_bwd_kernel<kBwdThreads, 2>, kBwdThreads);
   else
-    launch(mimo_bwd_bwd_kernel<8>);
+    launch(mimo_bwd_bwd_kernel<kThreads, 8>, kThreads);
 }
 }  // namespace megacpp::mimo::dev

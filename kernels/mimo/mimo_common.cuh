@@ -12,8 +12,14 @@
 namespace megacpp::mimo::dev {
 
 using bf16 = __nv_bfloat16;
-constexpr int kThreads = 256;
+constexpr int kThreads = 256;  // mimo_fwd / mimo_bwd_fwd
 constexpr int kWarps = kThreads / 32;
+// mimo_bwd_bwd runs 512 threads (16 warps) at 1 CTA/SM (≤ 128 regs) when N·P ≤ 8192: twice the warps per SM of
+// the 256-thread version to hide its latency (N·P = 16384 keeps 256 threads: 512 would spill). Its reduction scratch (red, kBwdThreads floats) fits the 2·kThreads floats reserved
+// in the `sc` region of bwd_layout.
+constexpr int kBwdThreads = 512;
+constexpr int kBwdWarps = kBwdThreads / 32;
+static_assert(kBwdThreads <= 2 * kThreads, "bwd_layout sc region holds 2*kThreads floats of scratch");
 constexpr int kMaxStateTiles = 8;  // per warp: 8 warps × 8 tiles × 16×16 = N·P ≤ 16384 (template NT ≤ this)
 constexpr int kMaxLc = 64;
 
@@ -260,45 +266,109 @@ __device__ inline void step_weights(const float* sc, float* W, int Lc) {
 
 // All threads: rotated, biased q̄ and k̄ of the chunk into Qb/Kb ([Mp][N+8] bf16). Half-split rotation pairs
 // (j, j+N/2), j < N_ang, angle θ[b,t,h,j] (fp32, cumulative).
+// v4: one item per (step s, column pair j) with the R rank rows inside, so each angle's sin/cos is computed once
+// per step instead of once per (step, rank) row. The q/k loads of 4 ranks are issued before their math.
+template <int NTH = kThreads>
 __device__ inline void load_qk_rot(const KParams& kp, int b, int h, int t0, const float* qbias, const float* kbias,
                                    bf16* Qb, bf16* Kb) {
   const MimoDims& d = kp.d;
   const int N = d.N, half = N / 2, ldq = N + 8, R = d.R, G = d.G;
   const int g = h / (d.H / G);
-  const int items = d.M << kp.lN4;  // M rows × N/4 column pairs
-#pragma unroll 4
-  for (int it = threadIdx.x; it < items; it += kThreads) {
-    const int i = it >> kp.lN4, j = (it & ((1 << kp.lN4) - 1)) * 2;
-    const int s = i >> kp.lR, r = i & (R - 1), t = t0 + s;
-    const size_t row = ((static_cast<size_t>(b) * d.S + t) * R + r) * G + g;
-    const bf16_bits* qp = kp.in.q + row * N;
-    const bf16_bits* kq = kp.in.k + row * N;
-    float2 q1 = ldg_bf16x2(qp + j), q2 = ldg_bf16x2(qp + j + half);
-    float2 k1 = ldg_bf16x2(kq + j), k2 = ldg_bf16x2(kq + j + half);
-    const float* qbr = qbias + r * N;
-    const float* kbr = kbias + r * N;
-    q1.x += qbr[j], q1.y += qbr[j + 1], q2.x += qbr[j + half], q2.y += qbr[j + half + 1];
-    k1.x += kbr[j], k1.y += kbr[j + 1], k2.x += kbr[j + half], k2.y += kbr[j + half + 1];
-    if (j < d.n_ang) {
-      const float2 th =
-          __ldg(reinterpret_cast<const float2*>(kp.in.angles + ((static_cast<size_t>(b) * d.S + t) * d.H + h) * d.n_ang + j));
-      float s0, c0, s1, c1;
-      fast_sincos(th.x, &s0, &c0);
-      fast_sincos(th.y, &s1, &c1);
-      float a, bb;
-      a = c0 * q1.x - s0 * q2.x, bb = s0 * q1.x + c0 * q2.x, q1.x = a, q2.x = bb;
-      a = c1 * q1.y - s1 * q2.y, bb = s1 * q1.y + c1 * q2.y, q1.y = a, q2.y = bb;
-      a = c0 * k1.x - s0 * k2.x, bb = s0 * k1.x + c0 * k2.x, k1.x = a, k2.x = bb;
-      a = c1 * k1.y - s1 * k2.y, bb = s1 * k1.y + c1 * k2.y, k1.y = a, k2.y = bb;
+  const int items = d.Lc << kp.lN4;  // Lc steps × N/4 column pairs
+#pragma unroll 1
+  for (int it = threadIdx.x; it < items; it += NTH) {
+    const int s = it >> kp.lN4, j = (it & ((1 << kp.lN4) - 1)) * 2, t = t0 + s;
+    const bool rot = j < d.n_ang;
+    float2 th = make_float2(0.f, 0.f);
+    if (rot)
+      th = __ldg(reinterpret_cast<const float2*>(kp.in.angles + ((static_cast<size_t>(b) * d.S + t) * d.H + h) * d.n_ang + j));
+    const size_t row0 = (static_cast<size_t>(b) * d.S + t) * R * G + g;
+    float s0 = 0.f, c0 = 1.f, s1 = 0.f, c1 = 1.f;
+    for (int r0 = 0; r0 < R; r0 += 4) {  // ranks in groups of 4: one load round trip per group
+      uint32_t uq1[4], uq2[4], uk1[4], uk2[4];
+#pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        if (r0 + u < R) {
+          const size_t row = (row0 + static_cast<size_t>(r0 + u) * G) * N + j;
+          uq1[u] = __ldg(reinterpret_cast<const unsigned int*>(kp.in.q + row));
+          uq2[u] = __ldg(reinterpret_cast<const unsigned int*>(kp.in.q + row + half));
+          uk1[u] = __ldg(reinterpret_cast<const unsigned int*>(kp.in.k + row));
+          uk2[u] = __ldg(reinterpret_cast<const unsigned int*>(kp.in.k + row + half));
+        }
+      }
+      if (rot && r0 == 0) {
+        fast_sincos(th.x, &s0, &c0);
+        fast_sincos(th.y, &s1, &c1);
+      }
+#pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        const int r = r0 + u;
+        if (r < R) {
+          const int i = s * R + r;
+          const float* qbr = qbias + r * N;
+          const float* kbr = kbias + r * N;
+          float2 q1 = make_float2(__uint_as_float(uq1[u] << 16), __uint_as_float(uq1[u] & 0xffff0000u));
+          float2 q2 = make_float2(__uint_as_float(uq2[u] << 16), __uint_as_float(uq2[u] & 0xffff0000u));
+          float2 k1 = make_float2(__uint_as_float(uk1[u] << 16), __uint_as_float(uk1[u] & 0xffff0000u));
+          float2 k2 = make_float2(__uint_as_float(uk2[u] << 16), __uint_as_float(uk2[u] & 0xffff0000u));
+          q1.x += qbr[j], q1.y += qbr[j + 1], q2.x += qbr[j + half], q2.y += qbr[j + half + 1];
+          k1.x += kbr[j], k1.y += kbr[j + 1], k2.x += kbr[j + half], k2.y += kbr[j + half + 1];
+          if (rot) {
+            float a, bb;
+            a = c0 * q1.x - s0 * q2.x, bb = s0 * q1.x + c0 * q2.x, q1.x = a, q2.x = bb;
+            a = c1 * q1.y - s1 * q2.y, bb = s1 * q1.y + c1 * q2.y, q1.y = a, q2.y = bb;
+            a = c0 * k1.x - s0 * k2.x, bb = s0 * k1.x + c0 * k2.x, k1.x = a, k2.x = bb;
+            a = c1 * k1.y - s1 * k2.y, bb = s1 * k1.y + c1 * k2.y, k1.y = a, k2.y = bb;
+          }
+          st_bf16x2(Qb + i * ldq + j, q1.x, q1.y);
+          st_bf16x2(Qb + i * ldq + j + half, q2.x, q2.y);
+          st_bf16x2(Kb + i * ldq + j, k1.x, k1.y);
+          st_bf16x2(Kb + i * ldq + j + half, k2.x, k2.y);
+        }
+      }
     }
-    st_bf16x2(Qb + i * ldq + j, q1.x, q1.y);
-    st_bf16x2(Qb + i * ldq + j + half, q2.x, q2.y);
-    st_bf16x2(Kb + i * ldq + j, k1.x, k1.y);
-    st_bf16x2(Kb + i * ldq + j + half, k2.x, k2.y);
+  }
+}
+
+// v4: L2 prefetch of one chunk's per-head inputs (the next chunk in loop order), issued one chunk ahead so the
+// DRAM round trips of the loaders overlap the current chunk's math. No semantic effect (prefetch only).
+__device__ __forceinline__ void prefetch_l2(const void* p) { asm volatile("prefetch.global.L2 [%0];" ::"l"(p)); }
+template <int NTH>
+__device__ inline void prefetch_chunk(const KParams& kp, int b, int h, int t0, bool with_dout, bool with_v,
+                                      bool with_states, int c) {
+  const MimoDims& d = kp.d;
+  const int tid = threadIdx.x, Lc = d.Lc;
+  // per-step rows: v, z, dout (P bf16 each), angles (n_ang fp32): 128-byte lines
+  const int lv = (d.P * 2 + 127) >> 7, la = (d.n_ang * 4 + 127) >> 7;
+  const int per = 2 * lv + la + (with_dout ? lv : 0);
+  for (int it = tid; it < Lc * per; it += NTH) {
+    const int s = it / per, k = it - s * per, t = t0 + s;
+    const size_t gi = ((static_cast<size_t>(b) * d.S + t) * d.H + h);
+    if (k < lv) {
+      if (with_v) prefetch_l2(kp.in.v + gi * d.P + k * 64);
+    } else if (k < 2 * lv) {
+      prefetch_l2(kp.in.z + gi * d.P + (k - lv) * 64);
+    } else if (k < 2 * lv + la) {
+      prefetch_l2(kp.in.angles + gi * d.n_ang + (k - 2 * lv) * 32);
+    } else {
+      prefetch_l2(kp.dout + gi * d.P + (k - 2 * lv - la) * 64);
+    }
+  }
+  if (tid < 3) {
+    const size_t base = (static_cast<size_t>(b) * d.H + h) * d.S + t0;
+    if (tid == 0) prefetch_l2(kp.in.adt + base);
+    if (tid == 1) prefetch_l2(kp.in.dt + base);
+    if (tid == 2) prefetch_l2(kp.in.trap + base);
+  }
+  if (with_states) {
+    const char* src = reinterpret_cast<const char*>(kp.states + ((static_cast<size_t>(b) * d.H + h) * d.nc + c) *
+                                                                    static_cast<size_t>(d.N) * d.P);
+    for (int it = tid; it < (d.N * d.P * 2) >> 7; it += NTH) prefetch_l2(src + (static_cast<size_t>(it) << 7));
   }
 }
 
 // All threads: V = x·Ψ (bf16, [Mp][P+8]) from x or from the PsiV cache.
+template <int NTH = kThreads>
 __device__ inline void load_v(const KParams& kp, int b, int h, int t0, const float* psi, bf16* V, bool from_cache) {
   const MimoDims& d = kp.d;
   const int P = d.P, ldv = P + 8, R = d.R;
@@ -307,7 +377,7 @@ __device__ inline void load_v(const KParams& kp, int b, int h, int t0, const flo
     const bf16_bits* src = kp.in.psiv_cache + ((static_cast<size_t>(b) * d.H + h) * d.S + t0) * R * P;
     const int vecs = d.M * P / 8;  // 16-byte vectors
 #pragma unroll 4
-    for (int it = threadIdx.x; it < vecs; it += kThreads) {
+    for (int it = threadIdx.x; it < vecs; it += NTH) {
       const int i = ((it * 8) >> lP), p = ((it * 8) & (P - 1));
       *reinterpret_cast<uint4*>(V + i * ldv + p) = __ldg(reinterpret_cast<const uint4*>(src + i * P + p));
     }
@@ -315,7 +385,7 @@ __device__ inline void load_v(const KParams& kp, int b, int h, int t0, const flo
   }
   const int items = d.Lc * P / 2;
 #pragma unroll 4
-  for (int it = threadIdx.x; it < items; it += kThreads) {
+  for (int it = threadIdx.x; it < items; it += NTH) {
     const int s = ((it * 2) >> lP), p = ((it * 2) & (P - 1)), t = t0 + s;
     const float2 x = ldg_bf16x2(kp.in.v + ((static_cast<size_t>(b) * d.S + t) * d.H + h) * P + p);
     for (int r = 0; r < R; ++r) st_bf16x2(V + (s * R + r) * ldv + p, x.x * psi[r * P + p], x.y * psi[r * P + p + 1]);
@@ -323,8 +393,9 @@ __device__ inline void load_v(const KParams& kp, int b, int h, int t0, const flo
 }
 
 // Zero rows [M, Mp) of a bf16 [Mp][ld] buffer (padding rows, only when M < 16).
+template <int NTH = kThreads>
 __device__ inline void zero_pad_rows(bf16* X, int ld, int M, int Mp) {
-  for (int it = threadIdx.x; it < (Mp - M) * ld; it += kThreads) X[M * ld + it] = __float2bfloat16(0.f);
+  for (int it = threadIdx.x; it < (Mp - M) * ld; it += NTH) X[M * ld + it] = __float2bfloat16(0.f);
 }
 
 }  // namespace megacpp::mimo::dev
@@ -334,6 +405,7 @@ namespace megacpp::mimo::dev {
 const void* fwd_kernel_ptr(const MimoDims& d);
 const void* bwd_fwd_kernel_ptr(const MimoDims& d);
 const void* bwd_bwd_kernel_ptr(const MimoDims& d);
+int bwd_bwd_threads(const MimoDims& d);  // 512 when N·P ≤ 8192, else 256
 void launch_fwd_kernel(const KParams& kp, std::size_t smem, cudaStream_t st);
 void launch_bwd_fwd_kernel(const KParams& kp, std::size_t smem, cudaStream_t st);
 void launch_bwd_bwd_kernel(const KParams& kp, std::size_t smem, cudaStream_t st);

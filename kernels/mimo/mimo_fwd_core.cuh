@@ -107,6 +107,7 @@ __global__ void __launch_bounds__(kThreads, (NT <= 4) ? 2 : 1) mimo_fwd_kernel(c
       }
     }
     __syncthreads();
+    if (c + 1 < d.nc) prefetch_chunk<kThreads>(kp, b, h, t0 + Lc, BWD, !(BWD && kp.in.psiv_cache), false, c + 1);
     // Phase A: masked score matrix Pm (bf16).
     {
       const int mt = Mp / 16;

@@ -1,0 +1,147 @@
+// communicator.hpp — the collectives distributed training needs, behind one interface with two
+// implementations:
+//
+//   InProcessComm  ranks are threads of one process that meet at a shared rendezvous (mutex +
+//                  condition variable + per-collective slots). Host memory. Reductions are
+//                  deterministic: element i of a sum is x_0[i] + x_1[i] + … + x_{W-1}[i] accumulated in
+//                  rank order in the element type, so every rank gets the same bits, equal to a serial
+//                  sum in rank order. This is how every parallel layout is tested in CI without GPUs.
+//   NcclComm       one process per GPU (engine/dist/nccl_comm.hpp), device memory, CUDA builds only.
+//
+// Every collective is called by all ranks of the communicator in the same order (as with NCCL).
+// Grouped point-to-point (group_start; send/recv…; group_end) is the building block of all-to-all;
+// with InProcessComm group_end is collective: every rank calls it, possibly with no operations.
+// The public calls time themselves and count bytes per collective type (stats()) for the receipt.
+#pragma once
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+namespace megacpp {
+
+enum class DType { f32, f64, u8 };
+std::size_t dtype_size(DType t);
+
+enum class CollKind { all_reduce, reduce_scatter, all_gather, broadcast, barrier, send_recv, kCount };
+const char* coll_name(CollKind k);
+
+struct CollStats {
+  int64_t calls = 0;
+  double seconds = 0;  // wall time inside the call (on the CPU backend all of it is exposed: no overlap)
+  int64_t bytes = 0;   // payload bytes this rank contributed
+};
+
+// Thrown on the ranks that did not fail themselves when a collective is abandoned (another rank threw,
+// or a timeout). what() says who failed and why.
+struct CommAborted : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+class Communicator {
+ public:
+  virtual ~Communicator() = default;
+  virtual int rank() const = 0;
+  virtual int world() const = 0;
+  virtual std::string kind() const = 0;  // "in-process" | "nccl"
+
+  // In place: buf ← Σ_ranks buf.
+  void all_reduce_sum(float* buf, std::size_t n) { timed(CollKind::all_reduce, n * 4, [&] { do_all_reduce(buf, n, DType::f32); }); }
+  void all_reduce_sum(double* buf, std::size_t n) { timed(CollKind::all_reduce, n * 8, [&] { do_all_reduce(buf, n, DType::f64); }); }
+  // send: world·n elements; recv (n elements) ← Σ_ranks send[rank·n, rank·n + n).
+  void reduce_scatter_sum(const float* send, float* recv, std::size_t n) {
+    timed(CollKind::reduce_scatter, n * 4 * world(), [&] { do_reduce_scatter(send, recv, n, DType::f32); });
+  }
+  void reduce_scatter_sum(const double* send, double* recv, std::size_t n) {
+    timed(CollKind::reduce_scatter, n * 8 * world(), [&] { do_reduce_scatter(send, recv, n, DType::f64); });
+  }
+  // recv[q·n, q·n + n) ← send of rank q. recv may hold send at recv + rank·n (in place).
+  void all_gather(const float* send, float* recv, std::size_t n) { timed(CollKind::all_gather, n * 4, [&] { do_all_gather(send, recv, n, DType::f32); }); }
+  void all_gather(const double* send, double* recv, std::size_t n) { timed(CollKind::all_gather, n * 8, [&] { do_all_gather(send, recv, n, DType::f64); }); }
+  void all_gather_bytes(const void* send, void* recv, std::size_t bytes) {
+    timed(CollKind::all_gather, bytes, [&] { do_all_gather(send, recv, bytes, DType::u8); });
+  }
+  void broadcast(void* buf, std::size_t bytes, int root) { timed(CollKind::broadcast, bytes, [&] { do_broadcast(buf, bytes, root); }); }
+  void barrier() { timed(CollKind::barrier, 0, [&] { do_barrier(); }); }
+
+  // Grouped point-to-point. Sends and receives between a pair of ranks match in posting order.
+  void group_start();
+  void send(const void* buf, std::size_t bytes, int peer);
+  void recv(void* buf, std::size_t bytes, int peer);
+  void group_end();
+  // recv[q·bytes, …) ← the block send[rank·bytes, …) of rank q (built on grouped send/recv).
+  void all_to_all_bytes(const void* send, void* recv, std::size_t bytes_per_peer);
+
+  const std::array<CollStats, static_cast<std::size_t>(CollKind::kCount)>& stats() const { return stats_; }
+  nlohmann::json stats_json() const;
+  void reset_stats() { stats_ = {}; }
+
+  struct P2P {
+    bool is_send;
+    void* buf;  // const for sends
+    std::size_t bytes;
+    int peer;
+  };
+
+ protected:
+  virtual void do_all_reduce(void* buf, std::size_t n, DType t) = 0;
+  virtual void do_reduce_scatter(const void* send, void* recv, std::size_t n, DType t) = 0;
+  virtual void do_all_gather(const void* send, void* recv, std::size_t n, DType t) = 0;
+  virtual void do_broadcast(void* buf, std::size_t bytes, int root) = 0;
+  virtual void do_barrier() = 0;
+  virtual void do_group(const std::vector<P2P>& ops) = 0;
+
+ private:
+  void timed(CollKind k, std::size_t bytes, const std::function<void()>& f);
+  std::array<CollStats, static_cast<std::size_t>(CollKind::kCount)> stats_{};
+  bool in_group_ = false;
+  std::vector<P2P> pending_;
+};
+
+// Helpers on any communicator.
+std::string broadcast_string(Communicator& c, const std::string& s, int root);
+// Every rank passes its resolved recipe's config_sha256; throws (on every rank) naming the ranks whose
+// hash differs from rank 0's when they are not all identical.
+void verify_same_config(Communicator& c, const std::string& config_sha256);
+
+// ---- the in-process backend ------------------------------------------------------------------
+struct Rendezvous;  // shared by the ranks of one in-process world
+
+class InProcessComm final : public Communicator {
+ public:
+  InProcessComm(std::shared_ptr<Rendezvous> rv, int rank);
+  int rank() const override { return rank_; }
+  int world() const override;
+  std::string kind() const override { return "in-process"; }
+  // Abandons every collective in progress or to come on every rank of the world (they throw CommAborted).
+  void abort(const std::string& why);
+
+ protected:
+  void do_all_reduce(void* buf, std::size_t n, DType t) override;
+  void do_reduce_scatter(const void* send, void* recv, std::size_t n, DType t) override;
+  void do_all_gather(const void* send, void* recv, std::size_t n, DType t) override;
+  void do_broadcast(void* buf, std::size_t bytes, int root) override;
+  void do_barrier() override;
+  void do_group(const std::vector<P2P>& ops) override;
+
+ private:
+  std::shared_ptr<Rendezvous> rv_;
+  int rank_;
+};
+
+// A world of `world` in-process ranks; a collective waiting longer than timeout_s aborts the world with
+// an error naming the ranks that never arrived.
+std::shared_ptr<Rendezvous> make_rendezvous(int world, double timeout_s = 600);
+
+// Runs fn(comm) on `world` threads (rank = thread index), joins them all, and rethrows the first
+// failure as "rank k of W: <what>". When a rank throws, the others are aborted at once (their pending
+// or next collective throws CommAborted), so nothing hangs.
+void run_ranks(int world, const std::function<void(Communicator&)>& fn, double timeout_s = 600);
+
+}  // namespace megacpp
