@@ -19,6 +19,7 @@
 #include "engine/train/checkpoint.hpp"
 #include "engine/train/trainer.hpp"
 #include "tests/common/test_paths.hpp"
+#include "tests/common/tiny_training.hpp"
 
 namespace megacpp {
 namespace {
@@ -27,30 +28,11 @@ namespace fs = std::filesystem;
 
 constexpr double kLossRel = 1e-6, kParamAbs = 1e-5;
 
-std::string make_corpus(const std::string& root) {
-  const std::string src = root + "/src";
-  fs::create_directories(src);
-  for (int f = 0; f < 12; ++f) {
-    std::ofstream out(src + "/file" + std::to_string(f) + ".hpp");
-    out << "#pragma once\nnamespace demo {\n";
-    for (int i = 0; i < 60; ++i)
-      out << "template <typename T> inline T mul_" << (f * 60 + i) % 13 << "(T a, T b) { return a * b + " << i % 7 << "; }\n";
-    out << "}  // namespace demo\n";
-  }
-  return src;
-}
-
 Recipe tiny(const std::string& root, const std::vector<std::string>& extra = {}) {
-  if (!fs::exists(root + "/src")) make_corpus(root);
-  std::ofstream(root + "/r.yaml") << "model:\n  vocab: 258\n  hidden: 32\n  depth: 2\n  pattern: MD\n"
-                                     "  mamba:\n    head_dim: 32\n    state_dim: 16\n    mimo_rank: 2\n    chunk_size: 16\n"
-                                     "  mlp:\n    ffn_hidden: 64\n"
-                                     "train:\n  mbs: 1\n  seq_len: 32\n  global_batch: 4\n  steps: 6\n  lr: 0.003\n"
-                                     "  warmup: 2\n  eval_every: 3\n  eval_batches: 3\n  checkpoint_every: 3\n  precision: fp32\n"
-                                     "data:\n  source: dir\n  inputs: [" << root << "/src]\n  dir: " << root << "/data\n";
-  std::vector<std::string> sets = {"receipts.dir=" + root + "/runs"};
-  sets.insert(sets.end(), extra.begin(), extra.end());
-  return load_recipe(root + "/r.yaml", sets);
+  return test::tiny_training_recipe(root,
+                                    "  mbs: 1\n  seq_len: 32\n  global_batch: 4\n  steps: 6\n  lr: 0.003\n  warmup: 2\n"
+                                    "  eval_every: 3\n  eval_batches: 3\n  checkpoint_every: 3\n  precision: fp32\n",
+                                    extra);
 }
 
 struct TrainRun {
@@ -159,7 +141,7 @@ TEST(DataParallel, TwoRanksEqualOneRankOnTheSameGlobalBatch) {
 TEST(DataParallel, HybridWithEveryBlockLetterMatchesOneRank) {
   // A, M, E (MoE: the router statistics and aux losses are per rank), D, R — DP=2 and ZeRO-1 on 4 ranks.
   const auto root = test::scratch_dir("dp-hybrid");
-  make_corpus(root);
+  test::make_cpp_corpus(root);
   std::ofstream(root + "/h.yaml") << "model:\n  vocab: 258\n  hidden: 64\n  depth: 5\n  pattern: AMEDR\n"
                                      "  mamba:\n    head_dim: 32\n    state_dim: 16\n    mimo_rank: 2\n    chunk_size: 16\n"
                                      "  mlp:\n    ffn_hidden: 128\n"

@@ -12,6 +12,7 @@
 #include "engine/train/export.hpp"
 #include "engine/train/trainer.hpp"
 #include "tests/common/test_paths.hpp"
+#include "tests/common/tiny_training.hpp"
 
 namespace megacpp {
 namespace {
@@ -20,17 +21,7 @@ namespace fs = std::filesystem;
 
 TEST(Export, SafetensorsHoldTheCheckpointWeights) {
   const auto root = test::scratch_dir("export");
-  fs::create_directories(root + "/src");
-  for (int f = 0; f < 6; ++f) {
-    std::ofstream out(root + "/src/f" + std::to_string(f) + ".cpp");
-    for (int i = 0; i < 200; ++i) out << "int value_" << i << " = " << i * f << ";\n";
-  }
-  std::ofstream(root + "/r.yaml") << "model:\n  vocab: 258\n  hidden: 32\n  depth: 2\n  pattern: MD\n"
-                                     "  mamba:\n    head_dim: 32\n    state_dim: 16\n    mimo_rank: 2\n    chunk_size: 16\n"
-                                     "  mlp:\n    ffn_hidden: 64\ntrain:\n  mbs: 2\n  seq_len: 32\n  global_batch: 2\n"
-                                     "  steps: 2\n  precision: fp32\ndata:\n  source: dir\n  inputs: ["
-                                  << root << "/src]\n  dir: " << root << "/data\n";
-  const Recipe r = load_recipe(root + "/r.yaml", {"receipts.dir=" + root + "/runs"});
+  const Recipe r = test::tiny_training_recipe(root, "  mbs: 2\n  seq_len: 32\n  global_batch: 2\n  steps: 2\n  precision: fp32\n");
   RunReceipt rc("train", {"test"});
   rc.set_recipe(r);
   TrainOptions o;

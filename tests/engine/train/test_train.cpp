@@ -16,38 +16,18 @@
 #include "engine/train/checkpoint.hpp"
 #include "engine/train/trainer.hpp"
 #include "tests/common/test_paths.hpp"
+#include "tests/common/tiny_training.hpp"
 
 namespace megacpp {
 namespace {
 
 namespace fs = std::filesystem;
 
-// A few KB of C++-like text in several files (train/val split by path hash needs ≥ 2 files).
-std::string make_corpus(const std::string& root) {
-  const std::string src = root + "/src";
-  fs::create_directories(src);
-  for (int f = 0; f < 12; ++f) {
-    std::ofstream out(src + "/file" + std::to_string(f) + ".hpp");
-    out << "#pragma once\nnamespace demo {\n";
-    for (int i = 0; i < 60; ++i)
-      out << "template <typename T> inline T add_" << (f * 60 + i) % 17 << "(T a, T b) { return a + b * " << i % 5
-          << "; }\n";
-    out << "}  // namespace demo\n";
-  }
-  return src;
-}
-
 Recipe tiny(const std::string& root, const std::vector<std::string>& extra = {}) {
-  const std::string src = make_corpus(root);
-  std::ofstream(root + "/r.yaml") << "model:\n  vocab: 258\n  hidden: 32\n  depth: 2\n  pattern: MD\n"
-                                     "  mamba:\n    head_dim: 32\n    state_dim: 16\n    mimo_rank: 2\n    chunk_size: 16\n"
-                                     "  mlp:\n    ffn_hidden: 64\n"
-                                     "train:\n  mbs: 2\n  seq_len: 32\n  global_batch: 4\n  steps: 8\n  lr: 0.003\n"
-                                     "  warmup: 2\n  eval_every: 4\n  eval_batches: 2\n  checkpoint_every: 2\n  precision: fp32\n"
-                                     "data:\n  source: dir\n  inputs: [" << src << "]\n  dir: " << root << "/data\n";
-  std::vector<std::string> sets = {"receipts.dir=" + root + "/runs"};
-  sets.insert(sets.end(), extra.begin(), extra.end());
-  return load_recipe(root + "/r.yaml", sets);
+  return test::tiny_training_recipe(root,
+                                    "  mbs: 2\n  seq_len: 32\n  global_batch: 4\n  steps: 8\n  lr: 0.003\n  warmup: 2\n"
+                                    "  eval_every: 4\n  eval_batches: 2\n  checkpoint_every: 2\n  precision: fp32\n",
+                                    extra);
 }
 
 std::vector<double> losses(const nlohmann::json& tr) {
