@@ -135,10 +135,22 @@ int run_training(const Recipe& r, const TrainOptions& opt, RunReceipt& rc) {
   Plan plan;
   {
     BadputTimer bt(gp, Badput::initialization);
-    model = std::make_unique<Model<float>>(r, t.mbs, t.seq_len);
-    model->init_params(static_cast<uint64_t>(t.seed));
-    adam = std::make_unique<AdamW<float>>(t, model->params().numel());
     plan = make_plan(r, PlanOptions{world, 0});
+    try {
+      model = std::make_unique<Model<float>>(r, t.mbs, t.seq_len);
+      model->init_params(static_cast<uint64_t>(t.seed));
+      adam = std::make_unique<AdamW<float>>(t, model->params().numel());
+    } catch (const std::bad_alloc&) {
+      // Out of memory: say how much the recipe needs instead of dying with std::bad_alloc.
+      char msg[512];
+      std::snprintf(msg, sizeof msg,
+                    "out of memory building the model and optimizer: %.3f B parameters (fp32 weights, grads and AdamW "
+                    "state on the CPU backend: %.1f GiB); `megacpp plan %s` estimates %.1f GiB per rank on a GPU. "
+                    "Reduce model size, mbs or seq_len.",
+                    static_cast<double>(plan.total_params) * 1e-9, static_cast<double>(plan.total_params) * 16.0 / 1073741824.0,
+                    r.path.c_str(), plan.memory.total() / 1073741824.0);
+      throw std::runtime_error(msg);
+    }
   }
   // ZeRO-1 geometry: the flat buffer of N elements is cut into `world` shards of S (the last padded).
   const int64_t N = model->params().numel();
@@ -277,6 +289,7 @@ int run_training(const Recipe& r, const TrainOptions& opt, RunReceipt& rc) {
   nlohmann::json checkpoints = nlohmann::json::array();
   const std::string ckpt_dir = run_dir() + "/checkpoints";
   int64_t bad_in_a_row = 0, bad_total = 0, step = start_step;
+  int64_t completed = start_step;  // optimizer steps done: what evaluations and checkpoints are labelled with
   double last_loss = NAN, last_val = NAN;
   auto evaluate = [&]() {
     BadputTimer bt(gp, Badput::eval);
@@ -294,13 +307,13 @@ int run_training(const Recipe& r, const TrainOptions& opt, RunReceipt& rc) {
     }
     last_val = sum / n;
     if (best_val < 0 || last_val < best_val) best_val = last_val;
-    if (lead) rc.metrics().append(nlohmann::json{{"step", step}, {"val_loss", last_val}}.dump());
-    if (!opt.quiet && lead) std::printf("step %lld | val loss %.4f (unigram baseline %.4f)\n", (long long)step, last_val, unigram_val);
+    if (lead) rc.metrics().append(nlohmann::json{{"step", completed}, {"val_loss", last_val}}.dump());
+    if (!opt.quiet && lead) std::printf("step %lld | val loss %.4f (unigram baseline %.4f)\n", (long long)completed, last_val, unigram_val);
   };
   auto checkpoint = [&]() {
     BadputTimer bt(gp, Badput::checkpoint_save);
     CheckpointData c;
-    c.state = {step, tokens_seen, best_val, r.config_sha256, {{"recipe", r.name}, {"dtype", "fp32"}}};
+    c.state = {completed, tokens_seen, best_val, r.config_sha256, {{"recipe", r.name}, {"dtype", "fp32"}}};
     std::string d;
     if (!comm) {
       c.params = model->params().data;
@@ -341,12 +354,12 @@ int run_training(const Recipe& r, const TrainOptions& opt, RunReceipt& rc) {
       comm->barrier();  // published before any rank goes on
     }
     if (!lead) return;
-    checkpoints.push_back({{"step", step}, {"dir", d}});
+    checkpoints.push_back({{"step", completed}, {"dir", d}});
     tr["checkpoints"] = checkpoints;
     rc.write();  // the receipt follows the run: a crash after this still has everything so far
   };
   auto finish_receipt = [&]() {
-    tr["steps_completed"] = step;
+    tr["steps_completed"] = completed;
     tr["tokens_seen"] = tokens_seen;
     tr["final_train_loss"] = std::isfinite(last_loss) ? nlohmann::json(last_loss) : nlohmann::json(nullptr);
     tr["final_val_loss"] = std::isfinite(last_val) ? nlohmann::json(last_val) : nlohmann::json(nullptr);
@@ -481,13 +494,9 @@ int run_training(const Recipe& r, const TrainOptions& opt, RunReceipt& rc) {
       std::fflush(stdout);
     }
     const bool last = step + 1 == t.steps;
-    const int64_t done = step + 1;
-    if (t.eval_every > 0 && done % t.eval_every == 0 && !last) {
-      ++step, evaluate(), --step;
-    }
-    if (t.checkpoint_every > 0 && done % t.checkpoint_every == 0 && !last) {
-      ++step, checkpoint(), --step;
-    }
+    completed = step + 1;
+    if (t.eval_every > 0 && completed % t.eval_every == 0 && !last) evaluate();
+    if (t.checkpoint_every > 0 && completed % t.checkpoint_every == 0 && !last) checkpoint();
     if (opt.interrupt_after_step == step + 1) request_training_interrupt();
     bool stop_now = training_interrupt_requested();
     if (comm) {  // every rank stops at the same step
@@ -497,19 +506,18 @@ int run_training(const Recipe& r, const TrainOptions& opt, RunReceipt& rc) {
     }
     if (stop_now && !last) {
       g_interrupt = 0;
-      ++step;
       checkpoint();
       train_loader->stop_prefetch();
       finish_receipt();
       if (!lead) return 130;
-      rc.finish_interrupted("interrupted by signal after step " + std::to_string(step) + "; checkpoint written");
-      std::fprintf(stderr, "interrupted: checkpoint at step %lld written; resume with --resume %s\n", (long long)step,
+      rc.finish_interrupted("interrupted by signal after step " + std::to_string(completed) + "; checkpoint written");
+      std::fprintf(stderr, "interrupted: checkpoint at step %lld written; resume with --resume %s\n", (long long)completed,
                    rc.run_dir().c_str());
       return 130;
     }
   }
   train_loader->stop_prefetch();
-  if (step > start_step || t.steps == 0) {
+  if (completed > start_step || t.steps == 0) {
     evaluate();
     checkpoint();
   }
