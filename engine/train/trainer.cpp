@@ -248,13 +248,12 @@ int run_training(const Recipe& r, const TrainOptions& opt, RunReceipt& rc) {
   // ---- the loop ----
   if (!comm) train_loader->start_prefetch(start_step, n_micro, 0, static_cast<int>(world));
   // DP: rank k's micro-batch mi is the global micro-batch k·n_micro + mi of the step (DP-size invariant).
-  auto dp_batch = [&](int64_t s, int64_t mi) {
+  auto dp_batch = [&](int64_t s, int64_t mi, data::Batch& b) {
     const auto w0 = std::chrono::steady_clock::now();
-    data::Batch b;
     b.step = s, b.micro = rank * n_micro + mi;
-    b.tokens = train_loader->batch(s, b.micro, 0, 1);
+    b.tokens.resize(static_cast<std::size_t>(train_loader->batch_elems()));
+    train_loader->batch(s, b.micro, 0, 1, b.tokens);
     b.wait_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - w0).count();
-    return b;
   };
   // Gradient reduction: plain DP all-reduces the flat grad buffer in fixed buckets; ZeRO-1
   // reduce-scatters it into this rank's shard. The backward already scaled by 1/(global tokens), so the
@@ -400,13 +399,15 @@ int run_training(const Recipe& r, const TrainOptions& opt, RunReceipt& rc) {
   };
   const double peak = dense_bf16_peak_tflops(gpu_name);
   const auto t_loop = std::chrono::steady_clock::now();
+  data::Batch b;  // reused by every micro-batch: no allocation in the step loop
   for (; step < t.steps; ++step) {
     const double lr = learning_rate(t, step);
     model->params().zero_grad();
     double loss_sum = 0, wait = 0;
     const auto t0 = std::chrono::steady_clock::now();
     for (int64_t mi = 0; mi < n_micro; ++mi) {
-      data::Batch b = comm ? dp_batch(step, mi) : train_loader->next();
+      if (comm) dp_batch(step, mi, b);
+      else train_loader->next(b);
       wait += b.wait_s;
       // Token-weighted: every token of the step counts equally, whatever micro-batch it is in.
       loss_sum += model->forward_backward(b.tokens.data(), t.mbs, 1.0 / static_cast<double>(tokens_per_step));
