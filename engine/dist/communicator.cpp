@@ -5,7 +5,9 @@
 #include <condition_variable>
 #include <cstring>
 #include <exception>
+#include <map>
 #include <mutex>
+#include <tuple>
 #include <thread>
 
 namespace megacpp {
@@ -81,6 +83,20 @@ void Communicator::all_to_all_bytes(const void* send_buf, void* recv_buf, std::s
   group_end();
 }
 
+void Communicator::all_to_all_v(const void* send_buf, const std::vector<std::size_t>& send_bytes,
+                                const std::vector<std::size_t>& send_off, void* recv_buf,
+                                const std::vector<std::size_t>& recv_bytes, const std::vector<std::size_t>& recv_off) {
+  const auto W = static_cast<std::size_t>(world());
+  if (send_bytes.size() != W || send_off.size() != W || recv_bytes.size() != W || recv_off.size() != W)
+    throw std::invalid_argument("Communicator::all_to_all_v: count/offset vectors must have world()=" + std::to_string(W) + " entries");
+  group_start();
+  for (std::size_t q = 0; q < W; ++q) {
+    if (send_bytes[q]) send(static_cast<const char*>(send_buf) + send_off[q], send_bytes[q], static_cast<int>(q));
+    if (recv_bytes[q]) recv(static_cast<char*>(recv_buf) + recv_off[q], recv_bytes[q], static_cast<int>(q));
+  }
+  group_end();
+}
+
 std::string broadcast_string(Communicator& c, const std::string& s, int root) {
   uint64_t n = s.size();
   c.broadcast(&n, sizeof n, root);
@@ -123,10 +139,33 @@ struct Rendezvous {
   std::vector<const void*> ptrs;          // each rank's buffer
   std::vector<char> scratch;              // all-reduce result
   std::vector<std::vector<Communicator::P2P>> sends;  // [src] the sends of a group
+  // Sub-communicators: a sub-rendezvous knows the world's root; the root owns every sub-rendezvous
+  // (keyed by parent, split call, color) so that aborting the world aborts them all.
+  std::weak_ptr<Rendezvous> root;
+  std::map<std::tuple<const Rendezvous*, uint64_t, int>, std::shared_ptr<Rendezvous>> subs;
 
   void abort_locked(const std::string& why) {
     if (!aborted) aborted = true, reason = why;
     cv.notify_all();
+  }
+  // Aborts the world of `rv` (its root) and every sub-rendezvous of it (no lock held by the caller).
+  static void abort_tree(const std::shared_ptr<Rendezvous>& rv, const std::string& why) {
+    std::shared_ptr<Rendezvous> top = rv->root.lock();
+    if (!top) top = rv;
+    std::vector<std::shared_ptr<Rendezvous>> subs;
+    {
+      std::lock_guard<std::mutex> lk(top->mu);
+      top->abort_locked(why);
+      for (const auto& kv : top->subs) subs.push_back(kv.second);
+    }
+    for (const auto& s : subs) {
+      std::lock_guard<std::mutex> lk(s->mu);
+      s->abort_locked(why);
+    }
+    if (rv != top) {
+      std::lock_guard<std::mutex> lk(rv->mu);
+      rv->abort_locked(why);
+    }
   }
   // All ranks meet; throws CommAborted when the world is aborted (before or while waiting) or on timeout.
   void sync(int rank, const char* what) {
@@ -142,8 +181,10 @@ struct Rendezvous {
       return;
     }
     const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(timeout_s);
+    bool timed_out = false;
     while (generation == gen && !aborted) {
       if (cv.wait_until(lk, deadline) == std::cv_status::timeout && generation == gen && !aborted) {
+        timed_out = true;
         std::string missing;
         for (int q = 0; q < world; ++q)
           if (!here[static_cast<std::size_t>(q)]) missing += (missing.empty() ? "" : ",") + std::to_string(q);
@@ -151,7 +192,27 @@ struct Rendezvous {
                      std::to_string(timeout_s) + " s (parallel.timeout_s) for rank(s) " + missing + " that never arrived");
       }
     }
-    if (generation == gen) throw CommAborted(reason);
+    if (generation == gen) {
+      const std::string why = reason;
+      lk.unlock();
+      // A sub-communicator's timeout aborts the whole world (its other ranks may wait elsewhere).
+      if (timed_out) {
+        if (auto top = root.lock()) {
+          abort_tree(top, why);
+        } else {  // this is the root: abort its sub-rendezvous
+          std::vector<std::shared_ptr<Rendezvous>> ss;
+          {
+            std::lock_guard<std::mutex> g(mu);
+            for (const auto& kv : subs) ss.push_back(kv.second);
+          }
+          for (const auto& x : ss) {
+            std::lock_guard<std::mutex> g(x->mu);
+            x->abort_locked(why);
+          }
+        }
+      }
+      throw CommAborted(why);
+    }
   }
 };
 
@@ -165,9 +226,35 @@ InProcessComm::InProcessComm(std::shared_ptr<Rendezvous> rv, int rank) : rv_(std
 }
 int InProcessComm::world() const { return rv_->world; }
 
-void InProcessComm::abort(const std::string& why) {
-  std::lock_guard<std::mutex> lk(rv_->mu);
-  rv_->abort_locked(why);
+void InProcessComm::abort(const std::string& why) { Rendezvous::abort_tree(rv_, why); }
+
+std::unique_ptr<Communicator> InProcessComm::do_split(int color, int key) {
+  const int W = rv_->world;
+  const int32_t mine[2] = {color, key};
+  std::vector<int32_t> all(static_cast<std::size_t>(2 * W));
+  do_all_gather(mine, all.data(), sizeof mine, DType::u8);
+  std::vector<int> members;
+  for (int q = 0; q < W; ++q)
+    if (all[static_cast<std::size_t>(2 * q)] == color) members.push_back(q);
+  std::stable_sort(members.begin(), members.end(), [&](int a, int b) {
+    return all[static_cast<std::size_t>(2 * a + 1)] < all[static_cast<std::size_t>(2 * b + 1)];
+  });
+  const int new_rank = static_cast<int>(std::find(members.begin(), members.end(), rank_) - members.begin());
+  const uint64_t id = splits_++;
+  std::shared_ptr<Rendezvous> root = rv_->root.lock();
+  if (!root) root = rv_;
+  std::shared_ptr<Rendezvous> sub;
+  {
+    std::lock_guard<std::mutex> lk(root->mu);
+    if (root->aborted) throw CommAborted(root->reason);
+    auto& slot = root->subs[std::make_tuple(static_cast<const Rendezvous*>(rv_.get()), id, color)];
+    if (!slot) {
+      slot = std::make_shared<Rendezvous>(static_cast<int>(members.size()), rv_->timeout_s);
+      slot->root = root;
+    }
+    sub = slot;
+  }
+  return std::make_unique<InProcessComm>(sub, new_rank);
 }
 
 namespace {

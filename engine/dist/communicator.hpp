@@ -77,6 +77,16 @@ class Communicator {
   void group_end();
   // recv[q·bytes, …) ← the block send[rank·bytes, …) of rank q (built on grouped send/recv).
   void all_to_all_bytes(const void* send, void* recv, std::size_t bytes_per_peer);
+  // Variable-size all-to-all (built on grouped send/recv): send_bytes[q] bytes from send + send_off[q]
+  // go to rank q; recv_bytes[q] bytes from rank q land at recv + recv_off[q]. Each pair's sizes must
+  // agree (exchange the counts first, e.g. with all_to_all_bytes).
+  void all_to_all_v(const void* send, const std::vector<std::size_t>& send_bytes, const std::vector<std::size_t>& send_off,
+                    void* recv, const std::vector<std::size_t>& recv_bytes, const std::vector<std::size_t>& recv_off);
+
+  // Sub-communicators (MPI_Comm_split / ncclCommSplit semantics). Collective over this communicator:
+  // ranks passing the same `color` form one new communicator, ranked by (key, old rank). The result is
+  // independent of this one (its own stats); it must not outlive it.
+  std::unique_ptr<Communicator> split(int color, int key) { return do_split(color, key); }
 
   const std::array<CollStats, static_cast<std::size_t>(CollKind::kCount)>& stats() const { return stats_; }
   nlohmann::json stats_json() const;
@@ -96,6 +106,7 @@ class Communicator {
   virtual void do_broadcast(void* buf, std::size_t bytes, int root) = 0;
   virtual void do_barrier() = 0;
   virtual void do_group(const std::vector<P2P>& ops) = 0;
+  virtual std::unique_ptr<Communicator> do_split(int color, int key) = 0;
 
  private:
   void timed(CollKind k, std::size_t bytes, const std::function<void()>& f);
@@ -129,9 +140,13 @@ class InProcessComm final : public Communicator {
   void do_broadcast(void* buf, std::size_t bytes, int root) override;
   void do_barrier() override;
   void do_group(const std::vector<P2P>& ops) override;
+  // A new rendezvous per (split call, color), registered with the world's root rendezvous so that an
+  // abort of the world (a failing rank) also aborts every sub-communicator.
+  std::unique_ptr<Communicator> do_split(int color, int key) override;
 
  private:
   std::shared_ptr<Rendezvous> rv_;
+  uint64_t splits_ = 0;  // split calls so far (every rank calls split in the same order)
   int rank_;
 };
 

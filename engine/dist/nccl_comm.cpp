@@ -37,12 +37,26 @@ class NcclComm final : public Communicator {
     check(ncclCommInitRankConfig(&comm_, world, uid, rank, &cfg), "ncclCommInitRank");
     wait_comm("ncclCommInitRank");
   }
+  // A communicator made by ncclCommSplit on the current device (non-blocking: waited for here).
+  struct FromSplit {};
+  NcclComm(FromSplit, ncclComm_t c, int parent_rank, int parent_world, double timeout_s)
+      : rank_(parent_rank), world_(parent_world), timeout_s_(timeout_s) {
+    comm_ = c;
+    cuda_ok(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), parent_rank, "cudaStreamCreate");
+    wait_comm("ncclCommSplit");
+    int r = 0, n = 0;
+    check(ncclCommUserRank(comm_, &r), "ncclCommUserRank");
+    check(ncclCommCount(comm_, &n), "ncclCommCount");
+    rank_ = r, world_ = n;
+  }
   ~NcclComm() override {
     if (comm_) {
       if (broken_) ncclCommAbort(comm_);
       else ncclCommDestroy(comm_);
     }
     if (stream_) cudaStreamDestroy(stream_);
+    if (stage_) cudaFree(stage_);
+    if (scratch_) cudaFree(scratch_);
   }
   int rank() const override { return rank_; }
   int world() const override { return world_; }
@@ -50,19 +64,49 @@ class NcclComm final : public Communicator {
 
  protected:
   static ncclDataType_t nt(DType t) { return t == DType::f32 ? ncclFloat32 : t == DType::f64 ? ncclFloat64 : ncclUint8; }
+  // Host buffers (the training loop's scalars: losses, flags, the recipe hash, run-directory names)
+  // are staged through a device buffer: NCCL reads and writes device memory only. Device buffers
+  // (gradients of the CUDA backend) go straight to NCCL.
   void do_all_reduce(void* buf, std::size_t n, DType t) override {
+    const std::size_t bytes = n * dtype_size(t);
+    if (!on_device(buf)) {
+      void* d = stage(bytes);
+      to_device(d, buf, bytes);
+      do_all_reduce(d, n, t);
+      return to_host(buf, d, bytes);
+    }
     check(ncclAllReduce(buf, buf, n, nt(t), ncclSum, comm_, stream_), "ncclAllReduce");
     wait_stream("all_reduce");
   }
   void do_reduce_scatter(const void* send, void* recv, std::size_t n, DType t) override {
+    const std::size_t bytes = n * dtype_size(t), all = bytes * static_cast<std::size_t>(world_);
+    if (!on_device(send) || !on_device(recv)) {
+      char* d = static_cast<char*>(stage(all + bytes));
+      to_device(d, send, all);
+      do_reduce_scatter(d, d + all, n, t);
+      return to_host(recv, d + all, bytes);
+    }
     check(ncclReduceScatter(send, recv, n, nt(t), ncclSum, comm_, stream_), "ncclReduceScatter");
     wait_stream("reduce_scatter");
   }
   void do_all_gather(const void* send, void* recv, std::size_t n, DType t) override {
+    const std::size_t bytes = n * dtype_size(t), all = bytes * static_cast<std::size_t>(world_);
+    if (!on_device(send) || !on_device(recv)) {
+      char* d = static_cast<char*>(stage(all + bytes));
+      to_device(d + all, send, bytes);
+      do_all_gather(d + all, d, n, t);
+      return to_host(recv, d, all);
+    }
     check(ncclAllGather(send, recv, n, nt(t), comm_, stream_), "ncclAllGather");
     wait_stream("all_gather");
   }
   void do_broadcast(void* buf, std::size_t bytes, int root) override {
+    if (!on_device(buf)) {
+      void* d = stage(bytes);
+      to_device(d, buf, bytes);
+      do_broadcast(d, bytes, root);
+      return to_host(buf, d, bytes);
+    }
     check(ncclBroadcast(buf, buf, bytes, ncclUint8, root, comm_, stream_), "ncclBroadcast");
     wait_stream("broadcast");
   }
@@ -73,6 +117,11 @@ class NcclComm final : public Communicator {
     wait_stream("barrier");
   }
   void do_group(const std::vector<P2P>& ops) override {
+    for (const auto& o : ops)
+      if (o.bytes > 0 && !on_device(o.buf))
+        throw std::runtime_error("rank " + std::to_string(rank_) +
+                                 ": NCCL send/recv needs device memory (the CPU backend's expert-parallel all-to-all "
+                                 "runs on the in-process communicator)");
     check(ncclGroupStart(), "ncclGroupStart");
     for (const auto& o : ops) {
       if (o.is_send) check(ncclSend(o.buf, o.bytes, ncclUint8, o.peer, comm_, stream_), "ncclSend");
@@ -81,8 +130,41 @@ class NcclComm final : public Communicator {
     check(ncclGroupEnd(), "ncclGroupEnd");
     wait_stream("send/recv");
   }
+  std::unique_ptr<Communicator> do_split(int color, int key) override {
+    ncclConfig_t cfg = NCCL_CONFIG_INITIALIZER;
+    cfg.blocking = 0;
+    ncclComm_t sub = nullptr;
+    check(ncclCommSplit(comm_, color, key, &sub, &cfg), "ncclCommSplit");
+    wait_comm("ncclCommSplit");
+    return std::unique_ptr<Communicator>(new NcclComm(FromSplit{}, sub, rank_, world_, timeout_s_));
+  }
 
  private:
+  static bool on_device(const void* p) {
+    cudaPointerAttributes a{};
+    if (cudaPointerGetAttributes(&a, p) != cudaSuccess) {
+      cudaGetLastError();
+      return false;
+    }
+    return a.type == cudaMemoryTypeDevice || a.type == cudaMemoryTypeManaged;
+  }
+  // A device staging buffer that only grows (host-buffer collectives are small: scalars and names).
+  void* stage(std::size_t bytes) {
+    if (bytes > stage_bytes_) {
+      if (stage_) cudaFree(stage_);
+      stage_ = nullptr;
+      cuda_ok(cudaMalloc(&stage_, bytes), rank_, "cudaMalloc(staging)");
+      stage_bytes_ = bytes;
+    }
+    return stage_;
+  }
+  void to_device(void* d, const void* h, std::size_t bytes) {
+    cuda_ok(cudaMemcpyAsync(d, h, bytes, cudaMemcpyHostToDevice, stream_), rank_, "cudaMemcpy(staging)");
+  }
+  void to_host(void* h, const void* d, std::size_t bytes) {
+    cuda_ok(cudaMemcpyAsync(h, d, bytes, cudaMemcpyDeviceToHost, stream_), rank_, "cudaMemcpy(staging)");
+    cuda_ok(cudaStreamSynchronize(stream_), rank_, "cudaStreamSynchronize(staging)");
+  }
   void fail(const std::string& msg) {
     broken_ = true;
     if (comm_) ncclCommAbort(comm_), comm_ = nullptr;
@@ -131,6 +213,8 @@ class NcclComm final : public Communicator {
   ncclComm_t comm_ = nullptr;
   cudaStream_t stream_ = nullptr;
   void* scratch_ = nullptr;
+  void* stage_ = nullptr;
+  std::size_t stage_bytes_ = 0;
   bool broken_ = false;
 };
 }  // namespace

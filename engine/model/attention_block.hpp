@@ -4,6 +4,9 @@
 //   qkv = x·W_qkvᵀ = [q (heads·d) | k (kv_heads·d) | v (kv_heads·d)] ;  q,k ← RoPE(q,k)
 //   o = softmax(q·kᵀ/√d + causal mask)·v  (kv head = q head / (heads/kv_heads)) ;  y = o·W_oᵀ
 // Saved for backward: x, q/k (rotated), v, o and the log-sum-exp (never the probability matrix).
+// Tensor parallelism: TP rank r holds q heads [r·H/tp, …) and kv heads [r·Hk/tp, …) (the qkv rows of
+// those heads: column-parallel) and the matching columns of out (row-parallel); y is all-reduced over
+// TP in forward, dx in backward.
 #pragma once
 #include <vector>
 
@@ -14,7 +17,8 @@ namespace megacpp {
 template <typename T>
 class AttentionBlock final : public Block<T> {
  public:
-  AttentionBlock(const Recipe& r, ParamStore<T>& ps, const std::string& prefix, int64_t max_tokens);
+  AttentionBlock(const Recipe& r, ParamStore<T>& ps, const std::string& prefix, int64_t max_tokens,
+                 const ModelParallel* mp = nullptr);
   const char* name() const override { return "attention"; }
   void bind(ParamStore<T>& ps) override { ps_ = &ps; }
   void forward(const T* x, T* y, int64_t B, int64_t S) override;
@@ -23,7 +27,8 @@ class AttentionBlock final : public Block<T> {
 
  private:
   ParamStore<T>* ps_ = nullptr;
-  int64_t hidden_, H_, Hk_, D_;
+  const ModelParallel* mp_ = nullptr;
+  int64_t hidden_, H_, Hk_, D_;  // H_, Hk_: this rank's heads
   double theta_;
   bool rope_;
   int w_qkv_, w_o_;

@@ -13,13 +13,13 @@ namespace megacpp {
 
 template <typename T>
 std::unique_ptr<Block<T>> make_block(BlockKind kind, const Recipe& r, ParamStore<T>& ps, const std::string& prefix,
-                                     int64_t max_tokens) {
+                                     int64_t max_tokens, const ModelParallel* mp) {
   switch (kind) {
-    case BlockKind::Dense: return std::make_unique<DenseMlp<T>>(r, ps, prefix, max_tokens);
-    case BlockKind::Mamba: return std::make_unique<MambaMixer<T>>(r, ps, prefix, max_tokens);
-    case BlockKind::Attention: return std::make_unique<AttentionBlock<T>>(r, ps, prefix, max_tokens);
-    case BlockKind::M2rnn: return std::make_unique<M2rnnBlock<T>>(r, ps, prefix, max_tokens);
-    case BlockKind::Moe: return std::make_unique<MoeBlock<T>>(r, ps, prefix, max_tokens);
+    case BlockKind::Dense: return std::make_unique<DenseMlp<T>>(r, ps, prefix, max_tokens, mp);
+    case BlockKind::Mamba: return std::make_unique<MambaMixer<T>>(r, ps, prefix, max_tokens, mp);
+    case BlockKind::Attention: return std::make_unique<AttentionBlock<T>>(r, ps, prefix, max_tokens, mp);
+    case BlockKind::M2rnn: return std::make_unique<M2rnnBlock<T>>(r, ps, prefix, max_tokens, mp);
+    case BlockKind::Moe: return std::make_unique<MoeBlock<T>>(r, ps, prefix, max_tokens, mp);
     default: break;
   }
   throw std::runtime_error(std::string("block ") + block_letter(kind) + " (" + block_name(kind) +
@@ -27,7 +27,9 @@ std::unique_ptr<Block<T>> make_block(BlockKind kind, const Recipe& r, ParamStore
                            "' uses it (available letters: A, M, E, D, R)");
 }
 
-template std::unique_ptr<Block<float>> make_block(BlockKind, const Recipe&, ParamStore<float>&, const std::string&, int64_t);
-template std::unique_ptr<Block<double>> make_block(BlockKind, const Recipe&, ParamStore<double>&, const std::string&, int64_t);
+template std::unique_ptr<Block<float>> make_block(BlockKind, const Recipe&, ParamStore<float>&, const std::string&, int64_t,
+                                                  const ModelParallel*);
+template std::unique_ptr<Block<double>> make_block(BlockKind, const Recipe&, ParamStore<double>&, const std::string&, int64_t,
+                                                   const ModelParallel*);
 
 }  // namespace megacpp

@@ -14,6 +14,8 @@
 
 namespace megacpp {
 
+struct ModelParallel;  // engine/model/parallel.hpp
+
 // Auxiliary losses a block adds to the objective (MoE load balancing and z-loss) and its router
 // statistics, as of its last forward.
 struct AuxLosses {
@@ -44,8 +46,9 @@ class Block {
 
 // Declares the block's parameters under `prefix` ("layers.3.") and returns it; throws
 // std::runtime_error("block X not available yet ...") for letters whose block has not landed.
+// `mp` (tensor/expert parallelism; nullptr: none) makes the block declare and compute this rank's shard.
 template <typename T>
 std::unique_ptr<Block<T>> make_block(BlockKind kind, const Recipe& r, ParamStore<T>& ps, const std::string& prefix,
-                                     int64_t max_tokens);
+                                     int64_t max_tokens, const ModelParallel* mp = nullptr);
 
 }  // namespace megacpp

@@ -4,11 +4,14 @@
 
 #include "engine/config/validate.hpp"
 #include "engine/model/cpu_ops.hpp"
+#include "engine/model/parallel.hpp"
 
 namespace megacpp {
 
 template <typename T>
-MambaMixer<T>::MambaMixer(const Recipe& r, ParamStore<T>& ps, const std::string& p, int64_t max_tokens) {
+MambaMixer<T>::MambaMixer(const Recipe& r, ParamStore<T>& ps, const std::string& p, int64_t max_tokens,
+                          const ModelParallel* mp)
+    : mp_(tp_size(mp) > 1 ? mp : nullptr) {
   const auto& m = r.model;
   hidden_ = m.hidden;
   d_inner_ = mamba_d_inner(m);
@@ -19,6 +22,12 @@ MambaMixer<T>::MambaMixer(const Recipe& r, ParamStore<T>& ps, const std::string&
   N_ = m.mamba.state_dim;
   L_ = m.mamba.chunk_size;
   n_ang_ = mamba_n_angles(m.mamba);
+  // Tensor parallelism: this rank's heads and groups (full sizes kept for the shard descriptors).
+  const int64_t tp = tp_size(mp), tr = tp_rank(mp), Hf = H_, Gf = G_, Df = d_inner_;
+  if (Hf % tp != 0 || Gf % tp != 0 || Df != Hf * P_)
+    throw std::runtime_error("parallel.tp=" + std::to_string(tp) + " must divide the Mamba heads (" + std::to_string(Hf) +
+                             ") and groups (" + std::to_string(Gf) + ")");
+  H_ = Hf / tp, G_ = Gf / tp, d_inner_ = H_ * P_;
   d_in_proj_ = 2 * d_inner_ + 2 * G_ * R_ * N_ + 3 * H_;
   a_floor_ = m.mamba.a_floor;
   norm_eps_ = m.norm_eps;
@@ -38,6 +47,24 @@ MambaMixer<T>::MambaMixer(const Recipe& r, ParamStore<T>& ps, const std::string&
   zeta_ = ps.add(p + "mamba.mimo_z", {H_, R_, P_}, Init::ones, false);
   phi_ = ps.add(p + "mamba.mimo_o", {H_, R_, P_}, Init::constant, false, 1.0 / static_cast<double>(R_));
   d_ = ps.add(p + "mamba.D", {H_}, Init::ones, false);
+  if (tp > 1) {
+    const int64_t grn = G_ * R_ * N_, GRNf = Gf * R_ * N_;
+    shard_rows(ps, w_in_, ShardGroup::tp, {2 * Df + 2 * GRNf + 3 * Hf, hidden_},
+               {{tr * d_inner_, d_inner_},                    // z
+                {Df + tr * d_inner_, d_inner_},               // x
+                {2 * Df + tr * grn, grn},                     // B
+                {2 * Df + GRNf + tr * grn, grn},              // C
+                {2 * Df + 2 * GRNf + tr * H_, H_},            // dd_dt
+                {2 * Df + 2 * GRNf + Hf + tr * H_, H_},       // dd_A
+                {2 * Df + 2 * GRNf + 2 * Hf + tr * H_, H_}});  // trap
+    shard_cols(ps, w_out_, {hidden_, Df}, tr * d_inner_, d_inner_);
+    shard_rows(ps, dt_bias_, ShardGroup::tp, {Hf}, {{tr * H_, H_}});
+    shard_rows(ps, d_, ShardGroup::tp, {Hf}, {{tr * H_, H_}});
+    shard_rows(ps, b_bias_, ShardGroup::tp, {Hf, R_, N_}, {{tr * H_, H_}});
+    shard_rows(ps, c_bias_, ShardGroup::tp, {Hf, R_, N_}, {{tr * H_, H_}});
+    for (int i : {psi_, zeta_, phi_}) shard_rows(ps, i, ShardGroup::tp, {Hf, R_, P_}, {{tr * H_, H_}});
+    for (int i : {w_ang_, b_norm_, c_norm_}) ps.specs[static_cast<std::size_t>(i)].tp_grad_partial = true;
+  }
   proj_.resize(static_cast<std::size_t>(max_tokens * d_in_proj_));
   ang_.resize(static_cast<std::size_t>(max_tokens * n_ang_));
   out_.resize(static_cast<std::size_t>(max_tokens * d_inner_));
@@ -105,6 +132,7 @@ void MambaMixer<T>::forward(const T* x, T* y, int64_t B, int64_t S) {
   const std::vector<double> out = mimo::mimo_forward_chunked(shape(B, S), in_);
   for (int64_t i = 0; i < M * d_inner_; ++i) out_[i] = static_cast<T>(out[i]);
   cpu::linear_fwd(out_.data(), ps_->param(w_out_), y, M, d_inner_, hidden_);
+  tp_all_reduce(mp_, y, static_cast<std::size_t>(M * hidden_));
 }
 
 template <typename T>
@@ -170,6 +198,9 @@ void MambaMixer<T>::backward(const T* dy, T* dx, int64_t B, int64_t S) {
     }
   cpu::linear_bwd(x_, ps_->param(w_in_), dproj.data(), dx, ps_->grad(w_in_), M, hidden_, d_in_proj_);
   cpu::linear_bwd_acc(x_, ps_->param(w_ang_), dang.data(), dx, ps_->grad(w_ang_), M, hidden_, n_ang_);
+  // dang (and so angle_proj's gradient and its part of dx) holds this rank's heads only: dx is summed
+  // here, angle_proj/B_norm/C_norm gradients by the trainer (tp_grad_partial).
+  tp_all_reduce(mp_, dx, static_cast<std::size_t>(M * hidden_));
 }
 
 template <typename T>

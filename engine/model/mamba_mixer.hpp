@@ -9,6 +9,11 @@
 //   out = scan(q=Ĉ, k=B̂, v=x, z, ADT, Δ, trap, C_bias, B_bias, Ψ, Ζ, Φ, θ, D) ;  y = out·W_outᵀ
 // Saved for backward: the projections, the normalised B/C with their rstd, the scan inputs.
 // The scan runs in float64 (the reference); this backend is the oracle and the no-GPU path, not fast.
+// Tensor parallelism (the seeds' TP mixer contract): TP rank r holds heads [r·H/tp, …) and groups
+// [r·G/tp, …): in_proj is column-parallel (the z, x, B, C, dd_dt, dd_A, trap rows of those heads and
+// groups, in that order), the per-head parameters are sharded, out_proj is row-parallel; angle_proj,
+// B_norm and C_norm are replicated and their gradients all-reduced over TP (tp_grad_partial). y is
+// all-reduced over TP in forward, dx in backward.
 #pragma once
 #include <vector>
 
@@ -21,7 +26,8 @@ namespace megacpp {
 template <typename T>
 class MambaMixer final : public Block<T> {
  public:
-  MambaMixer(const Recipe& r, ParamStore<T>& ps, const std::string& prefix, int64_t max_tokens);
+  MambaMixer(const Recipe& r, ParamStore<T>& ps, const std::string& prefix, int64_t max_tokens,
+             const ModelParallel* mp = nullptr);
   const char* name() const override { return "mamba3_mimo"; }
   void bind(ParamStore<T>& ps) override { ps_ = &ps; }
   void forward(const T* x, T* y, int64_t B, int64_t S) override;
@@ -31,6 +37,7 @@ class MambaMixer final : public Block<T> {
  private:
   mimo::MimoShape shape(int64_t B, int64_t S) const;
   ParamStore<T>* ps_ = nullptr;
+  const ModelParallel* mp_ = nullptr;
   int64_t hidden_, H_, P_, G_, R_, N_, L_, n_ang_, d_inner_, d_in_proj_;
   double a_floor_, norm_eps_;
   mimo::prep::AActivation act_;

@@ -4,11 +4,14 @@
 #pragma once
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace megacpp {
 
 enum class Init { normal, normal_scaled_out, ones, zeros, constant, mamba_dt_bias, identity_per_head };
+// Model parallelism (engine/model/parallel.hpp): the group a tensor is split across.
+enum class ShardGroup { none, tp, ep, tp_ep };  // tp_ep: split over both (expert FFNs under TP and EP)
 
 struct ParamSpec {
   std::string name;             // "layers.3.mamba.in_proj"
@@ -18,6 +21,22 @@ struct ParamSpec {
   bool decay = true;            // AdamW weight decay (off for norms, biases, Mamba scalars)
   Init init = Init::normal;
   double init_value = 0;        // constant init / std override (0 = model init_std)
+  // Model parallelism (engine/model/parallel.hpp). The defaults describe the whole tensor, identical
+  // on every rank (the only case at tp = ep = 1). A shard holds, of the full (tp = ep = 1) tensor viewed
+  // as [full_shape[0], rest], the rows in `rows` (ranges [begin, begin + count), in order) and of each
+  // row the elements [col_lo, col_lo + col_n). With `outer` non-empty the view is
+  // [full_shape[0], full_shape[1], rest]: the ranges `outer` of dim 0, then `rows` of dim 1, then the
+  // column range of the rest (expert tensors [E, F, H] split over EP and TP).
+  ShardGroup shard = ShardGroup::none;
+  bool tp_grad_partial = false;  // replicated over TP, but each TP rank's gradient is a partial sum
+  std::vector<int64_t> full_shape;  // empty: = shape
+  std::vector<std::pair<int64_t, int64_t>> rows;  // empty: all rows
+  std::vector<std::pair<int64_t, int64_t>> outer;  // empty: no outer dimension (rows are dim 0)
+  std::vector<std::pair<int64_t, int64_t>> cols;   // non-empty: several column ranges (overrides col_lo/col_n)
+  // Element ranges [begin, begin + count) of this (TP-sharded) tensor, local flat indices, that every TP
+  // rank holds identically and whose gradient is a partial sum over TP (M²RNN's shared q/k columns).
+  std::vector<std::pair<int64_t, int64_t>> tp_replicated;
+  int64_t col_lo = 0, col_n = -1;  // -1: the whole row
 };
 
 template <typename T>

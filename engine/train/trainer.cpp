@@ -15,6 +15,7 @@
 #include "engine/model/model.hpp"
 #include "engine/plan/plan.hpp"
 #include "engine/train/checkpoint.hpp"
+#include "engine/train/device_model.hpp"
 #include "engine/train/goodput.hpp"
 #include "engine/train/optimizer.hpp"
 #include "kernels/common/gpu_device.hpp"
@@ -70,6 +71,31 @@ std::string resolve_resume(const std::string& what, const Recipe& r, const std::
   if (fs::is_directory(p / "checkpoints")) return latest_valid_checkpoint((p / "checkpoints").string());
   throw std::runtime_error("--resume " + what + ": neither a run directory with checkpoints/ nor a checkpoint directory");
 }
+// Requested vs observed for every choice the backend makes (a fallback is recorded, never silent).
+void record_backend_features(const Recipe& r, RunReceipt& rc, bool cuda, const std::string& cuda_refusal) {
+  const auto& t = r.train;
+  rc.record_feature("device", t.device, cuda ? "cuda" : "cpu", cuda ? "" : cuda_refusal);
+  rc.record_feature("precision", t.precision, cuda ? "bf16" : "fp32",
+                    cuda || t.precision == "fp32" ? "" : "the CPU reference backend computes in fp32");
+  const bool fr = r.features.fused_residual;
+  rc.record_feature("fused_residual", fr, cuda,
+                    cuda ? (fr ? "" : "the CUDA backend always fuses the residual add into the next RMSNorm")
+                         : (fr ? "the CPU reference backend runs residual add and RMSNorm as two loops" : ""));
+  if (r.layers.uses(BlockKind::Attention))
+    rc.record_feature("attention_backend", r.features.attention_backend, cuda ? "per layer" : "cpu-reference",
+                      cuda ? "the backend each attention layer ran (and any fallback with its reason) is in training.cuda.blocks"
+                           : "the CPU training backend runs the float64 attention reference (cuDNN/native are CUDA backends)");
+  if (r.layers.uses(BlockKind::Moe))
+    rc.record_feature("fused_moe", r.features.fused_moe, cuda ? "per layer" : "cpu-reference",
+                      cuda ? "the dispatch path each MoE layer ran is in training.cuda.blocks"
+                           : "the CPU training backend runs the float64 MoE reference (both dispatch paths are CUDA)");
+  if (r.layers.uses(BlockKind::Mamba))
+    rc.record_feature("psiv_cache", r.features.psiv_cache, cuda ? r.features.psiv_cache : false,
+                      !cuda && r.features.psiv_cache ? "the PsiV cache is a CUDA-kernel feature; the CPU reference recomputes" : "");
+  if (!t.recompute.empty())
+    rc.record_feature("recompute", t.recompute, cuda ? nlohmann::json(t.recompute) : nlohmann::json::array(),
+                      cuda ? "" : "activation recomputation is a CUDA-backend feature (device memory); the CPU backend saves every block's activations");
+}
 }  // namespace
 
 void install_training_signal_handlers() {
@@ -85,41 +111,70 @@ int run_training(const Recipe& r, const TrainOptions& opt, RunReceipt& rc) {
   auto& tr = rc.training();
   tr = nlohmann::json::object();
   // ---- device and precision: requested vs observed, never silent ----
-  std::string device = t.device;
-  if (t.device == "cuda")
-    throw std::runtime_error("train.device=cuda: the CUDA training backend has not landed in this build yet "
-                             "(the CPU reference backend runs with train.device=cpu or auto)");
-  rc.record_feature("device", t.device, "cpu",
-                    t.device == "auto" ? (gpu_available() ? "the CUDA training backend has not landed yet; ran on the CPU reference backend"
-                                                          : "no GPU: " + gpu_runtime().why_not)
-                                       : "");
-  rc.record_feature("precision", t.precision, "fp32",
-                    t.precision == "fp32" ? "" : "the CPU reference backend computes in fp32");
-  rc.record_feature("fused_residual", r.features.fused_residual, false,
-                    r.features.fused_residual ? "the CPU reference backend runs residual add and RMSNorm as two loops" : "");
-  if (r.layers.uses(BlockKind::Attention))
-    rc.record_feature("attention_backend", r.features.attention_backend, "cpu-reference",
-                      "the CPU training backend runs the float64 attention reference (cuDNN/native are CUDA backends)");
-  if (r.layers.uses(BlockKind::Moe))
-    rc.record_feature("fused_moe", r.features.fused_moe, "cpu-reference",
-                      "the CPU training backend runs the float64 MoE reference (both dispatch paths are CUDA)");
-  if (r.layers.uses(BlockKind::Mamba))
-    rc.record_feature("psiv_cache", r.features.psiv_cache, false,
-                      r.features.psiv_cache ? "the PsiV cache is a CUDA-kernel feature; the CPU reference recomputes" : "");
-  if (!t.recompute.empty())
-    rc.record_feature("recompute", t.recompute, nlohmann::json::array(), "activation recomputation is not implemented on the CPU backend");
+  // cuda: the CUDA backend or a clear error. auto: the CUDA backend when there is a GPU, one rank and
+  // bf16 precision, and the model builds there; otherwise the CPU reference backend, the reason recorded.
+  // Several ranks on CUDA: plain data parallelism over NCCL (one process per GPU); ZeRO, TP and EP run on
+  // the CPU reference backend so far.
+  const bool multi_rank = opt.comm && opt.comm->world() > 1;
+  std::string multi_gpu_refusal;
+  if (multi_rank && (opt.comm->kind() != "nccl" || r.parallel.tp != 1 || r.parallel.ep != 1 || r.parallel.zero != 0))
+    multi_gpu_refusal = std::to_string(opt.comm->world()) + " ranks on the " + opt.comm->kind() +
+                        " communicator with tp=" + std::to_string(r.parallel.tp) + ", ep=" + std::to_string(r.parallel.ep) +
+                        ", zero=" + std::to_string(r.parallel.zero) +
+                        ": the CUDA backend runs data parallelism over NCCL (one process per GPU: torchrun-style, srun "
+                        "or mpirun) without ZeRO, TP or EP so far; those layouts run on train.device=cpu";
+  bool use_cuda = false;
+  std::string cuda_refusal;
+  if (t.device == "cuda") {
+    if (!multi_gpu_refusal.empty()) throw std::runtime_error("train.device=cuda with " + multi_gpu_refusal);
+    if (t.precision != "bf16")
+      throw ConfigError(mark_of(r, "train.precision"), "train.precision", "cuda-precision", t.precision,
+                        "bf16 with train.device=cuda (the CUDA backend keeps fp32 master weights and computes in bf16); "
+                        "fp32 runs on train.device=cpu");
+    use_cuda = true;
+  } else if (t.device == "auto") {
+    if (!gpu_available()) cuda_refusal = "no GPU: " + gpu_runtime().why_not;
+    else if (!multi_gpu_refusal.empty()) cuda_refusal = multi_gpu_refusal;
+    else if (t.precision != "bf16") cuda_refusal = "train.precision=" + t.precision + ": the CUDA backend computes in bf16";
+    else use_cuda = true;  // unless the model does not build there (recorded below)
+  }
   // ---- data parallelism (comm == nullptr: the single-rank path) ----
   Communicator* comm = opt.comm && opt.comm->world() > 1 ? opt.comm : nullptr;
   const int rank = comm ? comm->rank() : 0;
   const bool lead = rank == 0;  // writes the receipt, the metrics.jsonl series, the replicated checkpoint
   const bool zero = comm && r.parallel.zero >= 1;
   if (comm) verify_same_config(*comm, r.config_sha256);
-  if (r.parallel.tp > 1 || r.parallel.ep > 1)
-    throw std::runtime_error("parallel.tp=" + std::to_string(r.parallel.tp) + ", parallel.ep=" + std::to_string(r.parallel.ep) +
-                             ": tensor/expert parallelism has not landed yet (data parallelism has: set tp: 1 and ep: 1)");
+  // ---- tensor/expert parallelism (docs/launch.md): rank = dp_index·tp + tp_index (TP innermost, within a
+  // node); dp = world / tp. EP is carved out of the DP ranks (Megatron): an EP group is `ep` consecutive DP
+  // indices of one TP index; dense parameters are replicated over all dp ranks, expert parameters over the
+  // dp/ep ranks of the same EP index (the expert-data-parallel group). Expert FFNs are split over TP too. ----
+  const int64_t tp = r.parallel.tp, ep = r.parallel.ep;
+  const bool mpar = tp > 1 || ep > 1;
+  int64_t dp_idx = rank;  // this rank's index among the data-parallel replicas
+  std::unique_ptr<Communicator> tp_comm, dp_comm, ep_comm, edp_comm;
+  ModelParallel mp;
+  if (mpar) {
+    const int64_t w = comm ? comm->world() : 1;
+    if (w % tp != 0 || (w / tp) % ep != 0)
+      throw std::runtime_error("parallel.tp=" + std::to_string(tp) + ", parallel.ep=" + std::to_string(ep) + " with " +
+                               std::to_string(w) + " rank(s): the world size must be a multiple of tp, and ep must divide "
+                               "dp = world/tp (EP groups are carved out of the data-parallel ranks); launch tp·ep·k ranks");
+    if (zero)
+      throw std::runtime_error("parallel.zero=1 with parallel.tp=" + std::to_string(tp) + ", parallel.ep=" + std::to_string(ep) +
+                               ": ZeRO-1 is implemented for pure data parallelism only (set zero: 0, or tp: 1 and ep: 1)");
+    const int64_t dpn = w / tp, ti = rank % tp, di = rank / tp;
+    dp_idx = di;
+    tp_comm = comm->split(static_cast<int>(di), static_cast<int>(ti));
+    dp_comm = comm->split(static_cast<int>(ti), static_cast<int>(di));
+    ep_comm = comm->split(static_cast<int>(ti * (dpn / ep) + di / ep), static_cast<int>(di % ep));
+    edp_comm = comm->split(static_cast<int>(ti * ep + di % ep), static_cast<int>(di / ep));
+    mp.tp = tp_comm.get(), mp.tp_rank = static_cast<int>(ti), mp.tp_size = static_cast<int>(tp);
+    mp.ep = ep_comm.get(), mp.ep_rank = static_cast<int>(di % ep), mp.ep_size = static_cast<int>(ep);
+  }
+  Communicator* dpc = mpar ? dp_comm.get() : comm;  // the data-parallel group (losses, dense gradients)
   if (!comm && r.parallel.zero >= 1)
     rc.record_feature("zero", r.parallel.zero, 0, "one rank: there is nothing to shard the optimizer state over");
-  const int64_t world = comm ? comm->world() : 1, dp = world;
+  const int64_t world = comm ? comm->world() : 1, dp = world / tp;
   if (t.global_batch % (t.mbs * dp) != 0)
     throw std::runtime_error("train.global_batch must be a multiple of mbs·dp (global_batch " + std::to_string(t.global_batch) +
                              ", mbs " + std::to_string(t.mbs) + ", dp " + std::to_string(dp) + ")");
@@ -132,14 +187,27 @@ int run_training(const Recipe& r, const TrainOptions& opt, RunReceipt& rc) {
   // ---- initialization: model and optimizer ----
   std::unique_ptr<Model<float>> model;
   std::unique_ptr<AdamW<float>> adam;
+  std::unique_ptr<DeviceModel> gpu;  // the CUDA backend (parameters, gradients and AdamW state on the GPU)
   Plan plan;
   {
     BadputTimer bt(gp, Badput::initialization);
     plan = make_plan(r, PlanOptions{world, 0});
+    if (use_cuda) {
+      try {
+        gpu = make_cuda_model(r, t.mbs, t.seq_len, static_cast<uint64_t>(t.seed));
+      } catch (const std::exception& e) {
+        if (t.device == "cuda") throw;
+        cuda_refusal = std::string("the model does not build on the CUDA backend: ") + e.what();
+        use_cuda = false;
+        std::fprintf(stderr, "train.device=auto: %s; running on the CPU reference backend\n", cuda_refusal.c_str());
+      }
+    }
     try {
-      model = std::make_unique<Model<float>>(r, t.mbs, t.seq_len);
-      model->init_params(static_cast<uint64_t>(t.seed));
-      adam = std::make_unique<AdamW<float>>(t, model->params().numel());
+      if (!use_cuda) {
+        model = std::make_unique<Model<float>>(r, t.mbs, t.seq_len, mp);  // mp: this rank's TP/EP shard (or none)
+        model->init_params(static_cast<uint64_t>(t.seed));
+        adam = std::make_unique<AdamW<float>>(t, model->params().numel());
+      }
     } catch (const std::bad_alloc&) {
       // Out of memory: say how much the recipe needs instead of dying with std::bad_alloc.
       char msg[512];
@@ -152,8 +220,9 @@ int run_training(const Recipe& r, const TrainOptions& opt, RunReceipt& rc) {
       throw std::runtime_error(msg);
     }
   }
+  record_backend_features(r, rc, use_cuda, cuda_refusal);
   // ZeRO-1 geometry: the flat buffer of N elements is cut into `world` shards of S (the last padded).
-  const int64_t N = model->params().numel();
+  const int64_t N = gpu ? gpu->numel() : model->params().numel();
   const int64_t S = zero ? (N + world - 1) / world : N;
   const int64_t lo = zero ? std::min(N, rank * S) : 0, hi = zero ? std::min(N, lo + S) : N;
   std::vector<float> gpad, gshard, ppad, pshard;
@@ -163,17 +232,26 @@ int run_training(const Recipe& r, const TrainOptions& opt, RunReceipt& rc) {
     gshard.assign(static_cast<std::size_t>(S), 0.f), pshard.assign(static_cast<std::size_t>(S), 0.f);
   }
   if (comm) {
-    tr["distributed"] = {{"world", world}, {"dp", dp}, {"tp", 1}, {"ep", 1}, {"zero", zero ? 1 : 0}, {"communicator", comm->kind()},
+    tr["distributed"] = {{"world", world}, {"dp", dp}, {"tp", tp}, {"ep", ep}, {"zero", zero ? 1 : 0}, {"communicator", comm->kind()},
                          {"bucket_elems", opt.bucket_elems},
                          {"data", "rank k takes micro-batches k·m … k·m+m-1 of the step's global batch (loader.batch(step, "
                                   "global micro, 0, 1)): the global batch is the same for every DP size"}};
-    if (lead) rc.set_parallel({{"world", world}, {"tp", 1}, {"ep", 1}, {"dp", dp}, {"zero", zero ? 1 : 0}});
+    if (mpar)
+      tr["distributed"]["layout"] = "rank = dp_index*tp + tp_index; EP groups: ep consecutive dp indices; this rank: dp_index " +
+                                    std::to_string(dp_idx) + ", tp_index " + std::to_string(rank % tp) + ", ep_index " +
+                                    std::to_string(dp_idx % ep);
+    if (mpar)
+      tr["distributed"]["data"] = "data-parallel replica k (dp_index) takes micro-batches k·m … k·m+m-1 of the step's global "
+                                  "batch; the TP ranks of a replica take the same ones";
+    if (mpar && tp > 1 && r.layers.uses(BlockKind::Moe))
+      tr["distributed"]["expert_tp"] = tp;  // E's FFNs are split over TP like the dense MLP
+    if (lead) rc.set_parallel({{"world", world}, {"tp", tp}, {"ep", ep}, {"dp", dp}, {"zero", zero ? 1 : 0}});
   }
   const double step_flops_per_token = plan.step_flops_per_token;
   const std::string gpu_name = gpu_runtime().gpus.empty() ? "" : gpu_runtime().gpus.front().name;
-  tr["backend"] = "cpu";
-  tr["params"] = model->params().numel();
-  tr["layers"] = model->layer_names();
+  tr["backend"] = gpu ? "cuda" : "cpu";
+  tr["params"] = N;
+  tr["layers"] = gpu ? gpu->layer_names() : model->layer_names();
   tr["step_flops_per_token"] = step_flops_per_token;
   tr["tokens_per_step"] = tokens_per_step;
   tr["micro_batches_per_step"] = n_micro;
@@ -203,8 +281,21 @@ int run_training(const Recipe& r, const TrainOptions& opt, RunReceipt& rc) {
     if (!opt.resume.empty()) {
       const std::string base = fs::path(run_dir()).parent_path().string();
       const std::string ck = resolve_resume(opt.resume, r, base);
-      const CheckpointData c = load_checkpoint(ck);
-      auto& ps = model->params();
+      CheckpointData c = load_checkpoint(ck);
+      if (mpar) {  // checkpoints hold the full (tp = ep = 1) layout: keep this rank's shards (any TP/EP/DP size wrote it)
+        const auto& lp = model->params();
+        const auto nf = static_cast<std::size_t>(full_numel(lp));
+        if (c.params.size() != nf || c.adam_m.size() != nf || c.adam_v.size() != nf)
+          throw std::runtime_error("checkpoint " + ck + " holds " + std::to_string(c.params.size()) + " parameters and " +
+                                   std::to_string(c.adam_m.size()) + " optimizer elements; this recipe's full model has " +
+                                   std::to_string(nf));
+        for (auto* v : {&c.params, &c.adam_m, &c.adam_v}) {
+          std::vector<float> loc(lp.data.size(), 0.f);
+          shard_from_full(lp, v->data(), loc.data());
+          v->swap(loc);
+        }
+      }
+      auto& ps = gpu ? gpu->host_layout() : model->params();
       if (c.params.size() != ps.data.size())
         throw std::runtime_error("checkpoint " + ck + " holds " + std::to_string(c.params.size()) +
                                  " parameters; this recipe's model has " + std::to_string(ps.data.size()));
@@ -212,7 +303,12 @@ int run_training(const Recipe& r, const TrainOptions& opt, RunReceipt& rc) {
       if (comm && (c.adam_m.size() != ps.data.size() || c.adam_v.size() != ps.data.size()))
         throw std::runtime_error("checkpoint " + ck + ": optimizer state of " + std::to_string(c.adam_m.size()) + " elements for " +
                                  std::to_string(ps.data.size()) + " parameters");
-      if (zero) {  // re-shard: this rank's slice of the full m and v (whatever DP size wrote them)
+      if (gpu) {
+        if (c.adam_m.size() != ps.data.size() || c.adam_v.size() != ps.data.size())
+          throw std::runtime_error("checkpoint " + ck + ": optimizer state of " + std::to_string(c.adam_m.size()) +
+                                   " elements for " + std::to_string(ps.data.size()) + " parameters");
+        gpu->upload(c.params, &c.adam_m, &c.adam_v);
+      } else if (zero) {  // re-shard: this rank's slice of the full m and v (whatever DP size wrote them)
         adam->m.assign(static_cast<std::size_t>(S), 0.f), adam->v.assign(static_cast<std::size_t>(S), 0.f);
         std::copy(c.adam_m.begin() + lo, c.adam_m.begin() + hi, adam->m.begin());
         std::copy(c.adam_v.begin() + lo, c.adam_v.begin() + hi, adam->v.begin());
@@ -250,7 +346,7 @@ int run_training(const Recipe& r, const TrainOptions& opt, RunReceipt& rc) {
   // DP: rank k's micro-batch mi is the global micro-batch k·n_micro + mi of the step (DP-size invariant).
   auto dp_batch = [&](int64_t s, int64_t mi, data::Batch& b) {
     const auto w0 = std::chrono::steady_clock::now();
-    b.step = s, b.micro = rank * n_micro + mi;
+    b.step = s, b.micro = dp_idx * n_micro + mi;  // TP ranks of one replica read the same micro-batches
     b.tokens.resize(static_cast<std::size_t>(train_loader->batch_elems()));
     train_loader->batch(s, b.micro, 0, 1, b.tokens);
     b.wait_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - w0).count();
@@ -259,10 +355,22 @@ int run_training(const Recipe& r, const TrainOptions& opt, RunReceipt& rc) {
   // reduce-scatters it into this rank's shard. The backward already scaled by 1/(global tokens), so the
   // sum over ranks is the token mean over all ranks.
   auto reduce_grads = [&]() {
+    if (gpu) return gpu->all_reduce_grads(*comm, static_cast<std::size_t>(std::max<int64_t>(1, opt.bucket_elems)));
     auto& g = model->params().grads;
     if (zero) {
       std::copy(g.begin(), g.end(), gpad.begin());
       comm->reduce_scatter_sum(gpad.data(), gshard.data(), static_cast<std::size_t>(S));
+    } else if (mpar) {  // TP/EP, per tensor: TP-partial gradients over TP; then dense over dp, experts over dp/ep
+      auto& ps = model->params();
+      tp_reduce_partial_grads(ps, mp);  // replicated tensors (and ranges) whose TP gradients are partial sums
+      for (std::size_t i = 0; i < ps.specs.size(); ++i) {
+        const ParamSpec& sp = ps.specs[i];
+        float* gi = ps.grad(static_cast<int>(i));
+        const auto n = static_cast<std::size_t>(sp.numel);
+        const bool expert = sp.shard == ShardGroup::ep || sp.shard == ShardGroup::tp_ep;
+        Communicator* c = expert ? edp_comm.get() : dp_comm.get();
+        if (c->world() > 1) c->all_reduce_sum(gi, n);
+      }
     } else {
       const auto B = static_cast<std::size_t>(std::max<int64_t>(1, opt.bucket_elems));
       for (std::size_t off = 0; off < g.size(); off += B) comm->all_reduce_sum(g.data() + off, std::min(B, g.size() - off));
@@ -273,6 +381,33 @@ int run_training(const Recipe& r, const TrainOptions& opt, RunReceipt& rc) {
     for (int64_t k = 0; k < hi - lo; ++k) ss += static_cast<double>(gshard[static_cast<std::size_t>(k)]) * gshard[static_cast<std::size_t>(k)];
     comm->all_reduce_sum(&ss, 1);
     return std::sqrt(ss);
+  };
+  auto mp_grad_norm = [&]() {  // TP/EP: each tensor counted once — shards summed over their group
+    const auto& ps = model->params();
+    double rep = 0, tps = 0, eps = 0, both = 0;
+    for (std::size_t i = 0; i < ps.specs.size(); ++i) {
+      const ParamSpec& sp = ps.specs[i];
+      const float* gi = ps.grads.data() + sp.offset;
+      double ss = 0;
+      for (int64_t k = 0; k < sp.numel; ++k) ss += static_cast<double>(gi[k]) * gi[k];
+      for (const auto& rg : sp.tp_replicated) {  // held by every TP rank: counted once
+        double sr = 0;
+        for (int64_t k = rg.first; k < rg.first + rg.second; ++k) sr += static_cast<double>(gi[k]) * gi[k];
+        ss -= sr, rep += sr;
+      }
+      (sp.shard == ShardGroup::tp ? tps : sp.shard == ShardGroup::ep ? eps : sp.shard == ShardGroup::tp_ep ? both : rep) += ss;
+    }
+    if (tp > 1) {
+      double tb[2] = {tps, both};
+      tp_comm->all_reduce_sum(tb, 2);
+      tps = tb[0], both = tb[1];
+    }
+    if (ep > 1) {
+      double eb[2] = {eps, both};
+      ep_comm->all_reduce_sum(eb, 2);
+      eps = eb[0], both = eb[1];
+    }
+    return std::sqrt(rep + tps + eps + both);
   };
   auto gather_params = [&]() {  // ZeRO-1: every rank's updated shard to every rank
     auto& p = model->params().data;
@@ -293,15 +428,23 @@ int run_training(const Recipe& r, const TrainOptions& opt, RunReceipt& rc) {
   auto evaluate = [&]() {
     BadputTimer bt(gp, Badput::eval);
     double sum = 0, n = 0;
-    for (int64_t i = 0; i < t.eval_batches; ++i) {
-      if (comm && i % world != rank) continue;  // DP: the eval batches are split over the ranks
+    // DP: the eval batches are split over the data-parallel replicas (TP ranks of a replica share them);
+    // under EP a replica with no batch left in the last round runs one anyway (discarded): its EP group's
+    // all-to-alls need every member.
+    const int64_t per = comm ? dp : 1, rounds = (t.eval_batches + per - 1) / per;
+    for (int64_t k = 0; k < rounds; ++k) {
+      const int64_t i = k * per + (comm ? dp_idx : 0);
+      if (i >= t.eval_batches) {
+        if (ep > 1) model->forward_loss(val_loader->eval_batch(0).data(), t.mbs);
+        continue;
+      }
       const auto toks = val_loader->eval_batch(i);
-      sum += model->forward_loss(toks.data(), t.mbs);
+      sum += gpu ? gpu->forward_loss(toks.data(), t.mbs) : model->forward_loss(toks.data(), t.mbs);
       n += static_cast<double>(t.mbs * t.seq_len);
     }
     if (comm) {
       double sn[2] = {sum, n};
-      comm->all_reduce_sum(sn, 2);
+      dpc->all_reduce_sum(sn, 2);
       sum = sn[0], n = sn[1];
     }
     last_val = sum / n;
@@ -314,18 +457,36 @@ int run_training(const Recipe& r, const TrainOptions& opt, RunReceipt& rc) {
     CheckpointData c;
     c.state = {completed, tokens_seen, best_val, r.config_sha256, {{"recipe", r.name}, {"dtype", "fp32"}}};
     std::string d;
-    if (!comm) {
+    if (gpu) {  // data-parallel replicas are identical: rank 0 writes
+      if (comm) c.state.extra["dp"] = dp;
+      if (lead) {
+        gpu->download(c.params, c.adam_m, c.adam_v);
+        c.state.extra["dtype"] = "fp32 master weights of the CUDA backend";
+        d = save_checkpoint(ckpt_dir, c, t.keep_checkpoints);
+      }
+      if (comm) comm->barrier();  // published before any rank goes on
+    } else if (!comm) {
       c.params = model->params().data;
       c.adam_m = adam->m;
       c.adam_v = adam->v;
       d = save_checkpoint(ckpt_dir, c, t.keep_checkpoints);
     } else {
-      c.state.extra["dp"] = world;
-      if (!zero) {  // replicated: rank 0 writes everything
+      c.state.extra["dp"] = dp;
+      if (mpar) c.state.extra["tp"] = tp, c.state.extra["ep"] = ep;
+      if (!zero) {  // replicated: rank 0 writes everything (under TP/EP gathered to the full tp = ep = 1 layout)
+        std::vector<float> fp, fm, fv;
+        if (mpar) {
+          const auto& lp = model->params();
+          const auto nf = static_cast<std::size_t>(full_numel(lp));
+          fp.resize(nf), fm.resize(nf), fv.resize(nf);
+          gather_full(lp, mp, lp.data.data(), fp.data());
+          gather_full(lp, mp, adam->m.data(), fm.data());
+          gather_full(lp, mp, adam->v.data(), fv.data());
+        }
         if (lead) {
-          c.params = model->params().data;
-          c.adam_m = adam->m;
-          c.adam_v = adam->v;
+          c.params = mpar ? std::move(fp) : model->params().data;
+          c.adam_m = mpar ? std::move(fm) : adam->m;
+          c.adam_v = mpar ? std::move(fv) : adam->v;
           d = save_checkpoint(ckpt_dir, c, t.keep_checkpoints);
         }
       } else {  // rank 0 writes the params; every rank its optimizer shard, into the same unpublished dir
@@ -357,6 +518,8 @@ int run_training(const Recipe& r, const TrainOptions& opt, RunReceipt& rc) {
     tr["checkpoints"] = checkpoints;
     rc.write();  // the receipt follows the run: a crash after this still has everything so far
   };
+  nlohmann::json block_ms = nlohmann::json::object();  // CUDA: per-letter forward/backward ms over the run
+  double peak_device_mib = 0;
   auto finish_receipt = [&]() {
     tr["steps_completed"] = completed;
     tr["tokens_seen"] = tokens_seen;
@@ -366,11 +529,23 @@ int run_training(const Recipe& r, const TrainOptions& opt, RunReceipt& rc) {
     tr["bad_steps"] = bad_total;
     tr["series"] = series;
     tr["peak_rss_mib"] = peak_rss_mib();
+    if (gpu) {
+      nlohmann::json cj = gpu->record();
+      cj["memory"] = gpu->memory();
+      cj["memory"]["peak_device_used_mib"] = peak_device_mib;
+      // Per-letter forward/backward milliseconds over the whole run (CUDA events around every block).
+      cj["time_ms"] = block_ms;
+      tr["cuda"] = cj;
+    }
     tr["data_wait_s"] = train_loader->total_wait_s();
     tr["goodput"] = gp.to_json();
     if (comm) {  // per-rank step times and communication per collective type, gathered for rank 0's receipt
       constexpr std::size_t K = static_cast<std::size_t>(CollKind::kCount);
-      const auto st = comm->stats();  // before the gather below
+      auto st = comm->stats();  // before the gather below
+      for (Communicator* sc : {tp_comm.get(), dp_comm.get(), ep_comm.get(), edp_comm.get()})  // TP/EP sub-groups
+        if (sc)
+          for (std::size_t k = 0; k < st.size(); ++k)
+            st[k].calls += sc->stats()[k].calls, st[k].seconds += sc->stats()[k].seconds, st[k].bytes += sc->stats()[k].bytes;
       std::vector<double> mine(step_times);
       for (const auto& x : st) mine.push_back(static_cast<double>(x.calls)), mine.push_back(x.seconds), mine.push_back(static_cast<double>(x.bytes));
       std::vector<double> all(mine.size() * static_cast<std::size_t>(world));
@@ -402,7 +577,8 @@ int run_training(const Recipe& r, const TrainOptions& opt, RunReceipt& rc) {
   data::Batch b;  // reused by every micro-batch: no allocation in the step loop
   for (; step < t.steps; ++step) {
     const double lr = learning_rate(t, step);
-    model->params().zero_grad();
+    if (gpu) gpu->zero_grad();
+    else model->params().zero_grad();
     double loss_sum = 0, wait = 0;
     const auto t0 = std::chrono::steady_clock::now();
     for (int64_t mi = 0; mi < n_micro; ++mi) {
@@ -410,18 +586,21 @@ int run_training(const Recipe& r, const TrainOptions& opt, RunReceipt& rc) {
       else train_loader->next(b);
       wait += b.wait_s;
       // Token-weighted: every token of the step counts equally, whatever micro-batch it is in.
-      loss_sum += model->forward_backward(b.tokens.data(), t.mbs, 1.0 / static_cast<double>(tokens_per_step));
+      const double scale = 1.0 / static_cast<double>(tokens_per_step);
+      loss_sum += gpu ? gpu->forward_backward(b.tokens.data(), t.mbs, scale) : model->forward_backward(b.tokens.data(), t.mbs, scale);
     }
     const double local_loss_sum = loss_sum;
     double comm_s0 = 0;
     if (comm) {
-      for (const auto& x : comm->stats()) comm_s0 += x.seconds;
+      for (Communicator* sc : {comm, tp_comm.get(), dp_comm.get(), ep_comm.get(), edp_comm.get()})
+        if (sc)
+          for (const auto& x : sc->stats()) comm_s0 += x.seconds;
       reduce_grads();
-      comm->all_reduce_sum(&loss_sum, 1);
+      dpc->all_reduce_sum(&loss_sum, 1);  // TP ranks of a replica hold the same loss: sum over replicas only
     }
     const double loss = loss_sum / static_cast<double>(tokens_per_step);
-    const AuxLosses aux = model->aux_losses();
-    const double gnorm = zero ? zero_grad_norm() : AdamW<float>::grad_norm(model->params());
+    const AuxLosses aux = gpu ? gpu->aux_losses() : model->aux_losses();
+    const double gnorm = gpu ? gpu->grad_norm() : zero ? zero_grad_norm() : mpar ? mp_grad_norm() : AdamW<float>::grad_norm(model->params());
     const bool bad = !std::isfinite(loss) || !std::isfinite(gnorm);
     if (bad) {
       ++bad_in_a_row, ++bad_total;
@@ -434,7 +613,9 @@ int run_training(const Recipe& r, const TrainOptions& opt, RunReceipt& rc) {
       }
     } else {
       bad_in_a_row = 0;
-      if (zero) {
+      if (gpu) {
+        gpu->optimizer_step(lr, step);
+      } else if (zero) {
         adam->step_shard(model->params(), gshard.data(), lo, hi, lr, gnorm, step);
         gather_params();
       } else {
@@ -451,7 +632,8 @@ int run_training(const Recipe& r, const TrainOptions& opt, RunReceipt& rc) {
     const double tflops = step_flops_per_token * tps * 1e-12;
     const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_loop).count();
     const double eta = elapsed / static_cast<double>(step + 1 - start_step) * static_cast<double>(t.steps - step - 1);
-    const double rss = peak_rss_mib();
+    // Memory: the GPU's (cudaMemGetInfo: ours plus the libraries') on CUDA, the process's peak RSS on the CPU.
+    const double rss = gpu ? gpu->memory().value("device_used_mib", 0.0) : peak_rss_mib();
     nlohmann::json point = {{"step", step + 1}, {"loss", loss}, {"lr", lr}, {"grad_norm", gnorm}, {"tokens", tokens_seen},
                             {"ms", total_s * 1e3}, {"tokens_per_s", tps}, {"tflops", tflops},
                             {"mfu", peak > 0 ? nlohmann::json(tflops / peak) : nlohmann::json(nullptr)},
@@ -474,12 +656,19 @@ int run_training(const Recipe& r, const TrainOptions& opt, RunReceipt& rc) {
     }
     if (comm) {
       double comm_s1 = 0;
-      for (const auto& x : comm->stats()) comm_s1 += x.seconds;
+      for (Communicator* sc : {comm, tp_comm.get(), dp_comm.get(), ep_comm.get(), edp_comm.get()})
+        if (sc)
+          for (const auto& x : sc->stats()) comm_s1 += x.seconds;
       step_times.push_back(step_s);
       rank_metrics->append(nlohmann::json{{"rank", rank}, {"step", step + 1}, {"loss", loss},
                                           {"local_loss", local_loss_sum / static_cast<double>(n_micro * t.mbs * t.seq_len)},
                                           {"ms", total_s * 1e3}, {"comm_ms", (comm_s1 - comm_s0) * 1e3}, {"data_wait_ms", wait * 1e3},
                                           {"grad_norm", gnorm}, {"skipped", bad}}.dump());
+    }
+    if (gpu) {
+      const nlohmann::json times = gpu->take_block_times();  // (not a temporary in the range-for: C++20 lifetime)
+      for (const auto& [k, v] : times.items()) block_ms[k] = block_ms.value(k, 0.0) + v.get<double>();
+      peak_device_mib = std::max(peak_device_mib, rss);
     }
     series.push_back(point);
     if (lead) rc.metrics().append(point.dump());

@@ -1,6 +1,6 @@
 // Data parallelism on the CPU backend with in-process ranks: DP=2 equals one rank on the same global
 // batch, ZeRO-1 equals plain DP, a checkpoint written by 2 ranks resumes on 1 and on 4 ranks on the same
-// curve, ranks with different recipes are refused, TP/EP are refused, and the receipt and per-rank
+// curve, ranks with different recipes are refused, TP on one rank is refused, and the receipt and per-rank
 // metrics are written.
 //
 // Tolerances (fp32): the loss of a step is a sum over micro-batches whose association differs between
@@ -228,7 +228,7 @@ TEST(DataParallel, RanksWithDifferentRecipesAreRefused) {
   }
 }
 
-TEST(DataParallel, TensorAndExpertParallelismAreRefusedClearly) {
+TEST(DataParallel, TensorParallelismOnOneRankIsRefusedClearly) {  // the layouts themselves: test_tp.cpp
   const auto root = test::scratch_dir("dp-tp");
   Recipe r = tiny(root);
   r.parallel.tp = 2;  // as if the recipe asked for it (the recipe rules check divisibility)
@@ -240,7 +240,7 @@ TEST(DataParallel, TensorAndExpertParallelismAreRefusedClearly) {
     run_training(r, o, rc);
     FAIL();
   } catch (const std::exception& e) {
-    EXPECT_NE(std::string(e.what()).find("tensor/expert parallelism has not landed yet"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("the world size must be a multiple of tp"), std::string::npos) << e.what();
   }
 }
 
