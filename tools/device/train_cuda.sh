@@ -4,7 +4,8 @@
 #   CPU model, training tracks the CPU run, bit-identical resume) → the GPU smoke run → the md300m
 #   acceptance run (tokens/s, TFLOP/s, MFU, peak memory, per-letter time split from the receipt).
 #   bash tools/device/train_cuda.sh [tests|smoke|big|all]   (default all)
-# Environment: BUILD_DIR (default build-dev), BIG_STEPS (default: the recipe's), SKIP_BUILD=1.
+# Environment: BUILD_DIR (default build-dev), BIG_STEPS (default: the recipe's), BIG_VARIANTS=1 (also
+# 40 steps with features.psiv_cache and with train.recompute [M, D]), SKIP_BUILD=1.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-$PWD/device-out}
@@ -56,10 +57,35 @@ print("  features:", json.dumps(d.get("features", {}))[:600])
 print("  val:", t.get("final_val_loss"), "unigram:", t.get("unigram_val_cross_entropy_nats"))
 PY
 }
-[[ $WHAT == all || $WHAT == smoke ]] && train smoke-gpu recipes/smoke-gpu.yaml
+if [[ $WHAT == all || $WHAT == smoke ]]; then
+  train smoke-gpu recipes/smoke-gpu.yaml
+  # The smoke recipe's first steps on the GPU (bf16) against the same 20 steps on the CPU backend (fp32).
+  train smoke-cpu20 recipes/smoke-gpu.yaml --set train.device=cpu --set train.precision=fp32 --set train.steps=20 --set train.eval_every=0
+  train smoke-gpu20 recipes/smoke-gpu.yaml --set train.steps=20 --set train.eval_every=0
+  python3 - "$OUT/runs" >>"$OUT/summary.md" <<'PY'
+import glob, json, sys
+runs = {}
+for f in sorted(glob.glob(sys.argv[1] + "/*/receipt.json")):
+    d = json.load(open(f))
+    if d["training"].get("tokens_per_step") and len(d["training"].get("series", [])) == 20:
+        runs[d["training"]["backend"]] = [p["loss"] for p in d["training"]["series"]]
+if "cpu" in runs and "cuda" in runs:
+    c, g = runs["cpu"], runs["cuda"]
+    worst = max(abs(a - b) / a for a, b in zip(c, g))
+    print("smoke first 20 steps, loss cpu (fp32) vs cuda (bf16):")
+    for i in (0, 1, 4, 9, 14, 19): print(f"  step {i+1:2d}: cpu {c[i]:.4f}  cuda {g[i]:.4f}  rel diff {abs(c[i]-g[i])/c[i]:.2e}")
+    print(f"  worst relative difference over 20 steps: {worst:.2e}")
+else:
+    print("smoke comparison: missing runs", list(runs))
+PY
+fi
 if [[ $WHAT == all || $WHAT == big ]]; then
   "$BUILD_DIR/megacpp" plan recipes/md300m.yaml >"$OUT/plan-md300m.txt" 2>&1
   train md300m recipes/md300m.yaml ${BIG_STEPS:+--set train.steps=$BIG_STEPS}
+  if [[ ${BIG_VARIANTS:-0} == 1 ]]; then  # the same model with the PsiV cache, and with recompute [M, D]
+    train md300m-psiv recipes/md300m.yaml --set train.steps=40 --set train.eval_every=0 --set features.psiv_cache=true
+    train md300m-recompute recipes/md300m.yaml --set train.steps=40 --set train.eval_every=0 --set "train.recompute=[M, D]"
+  fi
 fi
 log "done"
 ( cd "$OUT" && tar czf /tmp/megacpp-train-all.tgz --exclude=summary.md --exclude="*/checkpoints" --exclude="data_cache" . && find . -mindepth 1 ! -name summary.md -delete \
