@@ -48,18 +48,27 @@ void add_train_command(CLI::App& app, Invocation& inv, int& exit_code) {
         if (!gpu_available())
           return refuse("multi-process training (" + where + ") needs GPUs and NCCL: no GPU here (" + gpu_runtime().why_not +
                         "); on the CPU use megacpp train --nproc-per-node N (in-process ranks)");
-        return refuse("multi-process training (" + where + "): the CUDA training backend that would use the NCCL "
-                      "communicator has not landed yet; on the CPU use megacpp train --nproc-per-node N (in-process ranks)");
       }
       install_training_signal_handlers();
       TrainOptions to;
       to.resume = o->resume;
       to.quiet = o->quiet;
+      if (env.world > 1) {
+        // Data parallelism on the CUDA backend over NCCL (the trainer refuses the layouts it cannot run).
+        // Rank 0 writes the run's receipt and checkpoints; every other rank keeps its own receipt in a
+        // directory of its own (…-rank<k>), next to its metrics stream.
+        if (env.rank > 0) rc.set_location("", r.name + "-rank" + std::to_string(env.rank));
+        const auto comm = bootstrap_nccl(env, r.config_sha256, r.parallel.timeout_s);
+        to.comm = comm.get();
+        to.quiet = o->quiet || env.rank > 0;
+        return run_training(r, to, rc);
+      }
       if (o->nproc > 1) {
         // CPU in-process mode: N ranks are N threads of this process, each running the CPU backend.
         if (r.train.device == "cuda")
-          return refuse("--nproc-per-node with train.device=cuda: the CUDA training backend has not landed yet "
-                        "(the in-process ranks run the CPU backend: train.device=cpu or auto)");
+          return refuse("--nproc-per-node with train.device=cuda: in-process ranks run the CPU reference backend "
+                        "(train.device=cpu or auto); several GPUs run one process each (torchrun-style, srun or "
+                        "mpirun: docs/launch.md)");
         int code = 0;
         run_ranks(o->nproc, [&](Communicator& c) {
           TrainOptions mine = to;

@@ -260,7 +260,7 @@ Plan make_plan(const Recipe& r, const PlanOptions& opt) {
   MemoryEstimate& mem = p.memory;
   const double ppr = static_cast<double>(p.params_per_rank);
   mem.weights = 2.0 * ppr;
-  mem.grads = 2.0 * ppr;
+  mem.grads = 4.0 * ppr;  // the CUDA backend accumulates gradients in fp32 (engine/cuda/cuda_model.cpp)
   const double sharded = r.parallel.zero >= 1
                              ? static_cast<double>(rank_dense) / static_cast<double>(p.dp) +
                                    static_cast<double>(rank_expert) / static_cast<double>(expert_dp)
@@ -459,7 +459,7 @@ std::string format_plan(const Recipe& r, const Plan& p) {
     o << "  " << pad(what, 58) << pad(gib(bytes), 12, true) << "\n";
   };
   row("weights (bf16, 2 B/param)", mm.weights);
-  row("gradients (bf16, 2 B/param)", mm.grads);
+  row("gradients (fp32, 4 B/param)", mm.grads);
   row("master weights (fp32, 4 B/param" + zs + ")", mm.master);
   row("AdamW m, v (fp32, 8 B/param" + zs + ")", mm.optimizer);
   row("activations (mbs " + std::to_string(r.train.mbs) + " x seq " + std::to_string(r.train.seq_len) + ", bf16)",
