@@ -266,64 +266,136 @@ __device__ inline void step_weights(const float* sc, float* W, int Lc) {
 
 // All threads: rotated, biased q̄ and k̄ of the chunk into Qb/Kb ([Mp][N+8] bf16). Half-split rotation pairs
 // (j, j+N/2), j < N_ang, angle θ[b,t,h,j] (fp32, cumulative).
-// v4: one item per (step s, column pair j) with the R rank rows inside, so each angle's sin/cos is computed once
+// v4: one item per (step s, column group j) with the R rank rows inside, so each angle's sin/cos is computed once
 // per step instead of once per (step, rank) row. The q/k loads of 4 ranks are issued before their math.
-template <int NTH = kThreads>
+// v6: CW = columns per item (2 or 4). CW = 4 (mimo_fwd / mimo_bwd_fwd, 256 threads): 8-byte q/k loads, a float4
+// angle load, 16-byte bias loads from shared memory and 8-byte stores, and Lc·N/8 items, i.e. one item (one L2
+// round trip) per thread at N=128, Lc=16 instead of two dependent ones. CW = 2 keeps the v4 path (mimo_bwd_bwd:
+// 512 threads already have one item each). Requires N_ang % 4 == 0 and N/2 % 4 == 0 (true for every supported N).
+template <int NTH = kThreads, int CW = 2>
 __device__ inline void load_qk_rot(const KParams& kp, int b, int h, int t0, const float* qbias, const float* kbias,
                                    bf16* Qb, bf16* Kb) {
+  static_assert(CW == 2 || CW == 4, "load_qk_rot: CW must be 2 or 4");
   const MimoDims& d = kp.d;
   const int N = d.N, half = N / 2, ldq = N + 8, R = d.R, G = d.G;
   const int g = h / (d.H / G);
-  const int items = d.Lc << kp.lN4;  // Lc steps × N/4 column pairs
+  const int lcols = CW == 4 ? kp.lN4 - 1 : kp.lN4;  // log2(items per step): N/8 or N/4
+  const int items = d.Lc << lcols;
 #pragma unroll 1
   for (int it = threadIdx.x; it < items; it += NTH) {
-    const int s = it >> kp.lN4, j = (it & ((1 << kp.lN4) - 1)) * 2, t = t0 + s;
+    const int s = it >> lcols, j = (it & ((1 << lcols) - 1)) * CW, t = t0 + s;
     const bool rot = j < d.n_ang;
-    float2 th = make_float2(0.f, 0.f);
-    if (rot)
-      th = __ldg(reinterpret_cast<const float2*>(kp.in.angles + ((static_cast<size_t>(b) * d.S + t) * d.H + h) * d.n_ang + j));
     const size_t row0 = (static_cast<size_t>(b) * d.S + t) * R * G + g;
-    float s0 = 0.f, c0 = 1.f, s1 = 0.f, c1 = 1.f;
-    for (int r0 = 0; r0 < R; r0 += 4) {  // ranks in groups of 4: one load round trip per group
-      uint32_t uq1[4], uq2[4], uk1[4], uk2[4];
+    if constexpr (CW == 4) {
+      float4 th = make_float4(0.f, 0.f, 0.f, 0.f);
+      if (rot)
+        th = __ldg(reinterpret_cast<const float4*>(kp.in.angles +
+                                                   ((static_cast<size_t>(b) * d.S + t) * d.H + h) * d.n_ang + j));
+      float sn[4] = {0.f, 0.f, 0.f, 0.f}, cs[4] = {1.f, 1.f, 1.f, 1.f};
+      for (int r0 = 0; r0 < R; r0 += 2) {  // ranks in pairs (registers: 16 words of q/k in flight, as v4)
+        uint2 uq1[2], uq2[2], uk1[2], uk2[2];
 #pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        if (r0 + u < R) {
-          const size_t row = (row0 + static_cast<size_t>(r0 + u) * G) * N + j;
-          uq1[u] = __ldg(reinterpret_cast<const unsigned int*>(kp.in.q + row));
-          uq2[u] = __ldg(reinterpret_cast<const unsigned int*>(kp.in.q + row + half));
-          uk1[u] = __ldg(reinterpret_cast<const unsigned int*>(kp.in.k + row));
-          uk2[u] = __ldg(reinterpret_cast<const unsigned int*>(kp.in.k + row + half));
+        for (int u = 0; u < 2; ++u) {
+          if (r0 + u < R) {
+            const size_t row = (row0 + static_cast<size_t>(r0 + u) * G) * N + j;
+            uq1[u] = __ldg(reinterpret_cast<const uint2*>(kp.in.q + row));
+            uq2[u] = __ldg(reinterpret_cast<const uint2*>(kp.in.q + row + half));
+            uk1[u] = __ldg(reinterpret_cast<const uint2*>(kp.in.k + row));
+            uk2[u] = __ldg(reinterpret_cast<const uint2*>(kp.in.k + row + half));
+          }
+        }
+        if (rot && r0 == 0) {
+          fast_sincos(th.x, &sn[0], &cs[0]);
+          fast_sincos(th.y, &sn[1], &cs[1]);
+          fast_sincos(th.z, &sn[2], &cs[2]);
+          fast_sincos(th.w, &sn[3], &cs[3]);
+        }
+#pragma unroll
+        for (int u = 0; u < 2; ++u) {
+          const int r = r0 + u;
+          if (r < R) {
+            const int i = s * R + r;
+            const float4 bq1 = *reinterpret_cast<const float4*>(qbias + r * N + j);
+            const float4 bq2 = *reinterpret_cast<const float4*>(qbias + r * N + j + half);
+            const float4 bk1 = *reinterpret_cast<const float4*>(kbias + r * N + j);
+            const float4 bk2 = *reinterpret_cast<const float4*>(kbias + r * N + j + half);
+            // x1[c], x2[c]: the pair (j + c, j + c + N/2), bias added
+            float q1[4] = {__uint_as_float(uq1[u].x << 16) + bq1.x, __uint_as_float(uq1[u].x & 0xffff0000u) + bq1.y,
+                           __uint_as_float(uq1[u].y << 16) + bq1.z, __uint_as_float(uq1[u].y & 0xffff0000u) + bq1.w};
+            float q2[4] = {__uint_as_float(uq2[u].x << 16) + bq2.x, __uint_as_float(uq2[u].x & 0xffff0000u) + bq2.y,
+                           __uint_as_float(uq2[u].y << 16) + bq2.z, __uint_as_float(uq2[u].y & 0xffff0000u) + bq2.w};
+            float k1[4] = {__uint_as_float(uk1[u].x << 16) + bk1.x, __uint_as_float(uk1[u].x & 0xffff0000u) + bk1.y,
+                           __uint_as_float(uk1[u].y << 16) + bk1.z, __uint_as_float(uk1[u].y & 0xffff0000u) + bk1.w};
+            float k2[4] = {__uint_as_float(uk2[u].x << 16) + bk2.x, __uint_as_float(uk2[u].x & 0xffff0000u) + bk2.y,
+                           __uint_as_float(uk2[u].y << 16) + bk2.z, __uint_as_float(uk2[u].y & 0xffff0000u) + bk2.w};
+            if (rot) {
+#pragma unroll
+              for (int c = 0; c < 4; ++c) {
+                float a, bb;
+                a = cs[c] * q1[c] - sn[c] * q2[c], bb = sn[c] * q1[c] + cs[c] * q2[c], q1[c] = a, q2[c] = bb;
+                a = cs[c] * k1[c] - sn[c] * k2[c], bb = sn[c] * k1[c] + cs[c] * k2[c], k1[c] = a, k2[c] = bb;
+              }
+            }
+            auto st4 = [](bf16* p, const float (&x)[4]) {
+              __nv_bfloat162 lo = __floats2bfloat162_rn(x[0], x[1]), hi = __floats2bfloat162_rn(x[2], x[3]);
+              uint2 w;
+              w.x = *reinterpret_cast<const uint32_t*>(&lo);
+              w.y = *reinterpret_cast<const uint32_t*>(&hi);
+              *reinterpret_cast<uint2*>(p) = w;
+            };
+            st4(Qb + i * ldq + j, q1);
+            st4(Qb + i * ldq + j + half, q2);
+            st4(Kb + i * ldq + j, k1);
+            st4(Kb + i * ldq + j + half, k2);
+          }
         }
       }
-      if (rot && r0 == 0) {
-        fast_sincos(th.x, &s0, &c0);
-        fast_sincos(th.y, &s1, &c1);
-      }
+    } else {
+      float2 th = make_float2(0.f, 0.f);
+      if (rot)
+        th = __ldg(reinterpret_cast<const float2*>(kp.in.angles + ((static_cast<size_t>(b) * d.S + t) * d.H + h) * d.n_ang + j));
+      float s0 = 0.f, c0 = 1.f, s1 = 0.f, c1 = 1.f;
+      for (int r0 = 0; r0 < R; r0 += 4) {  // ranks in groups of 4: one load round trip per group
+        uint32_t uq1[4], uq2[4], uk1[4], uk2[4];
 #pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        const int r = r0 + u;
-        if (r < R) {
-          const int i = s * R + r;
-          const float* qbr = qbias + r * N;
-          const float* kbr = kbias + r * N;
-          float2 q1 = make_float2(__uint_as_float(uq1[u] << 16), __uint_as_float(uq1[u] & 0xffff0000u));
-          float2 q2 = make_float2(__uint_as_float(uq2[u] << 16), __uint_as_float(uq2[u] & 0xffff0000u));
-          float2 k1 = make_float2(__uint_as_float(uk1[u] << 16), __uint_as_float(uk1[u] & 0xffff0000u));
-          float2 k2 = make_float2(__uint_as_float(uk2[u] << 16), __uint_as_float(uk2[u] & 0xffff0000u));
-          q1.x += qbr[j], q1.y += qbr[j + 1], q2.x += qbr[j + half], q2.y += qbr[j + half + 1];
-          k1.x += kbr[j], k1.y += kbr[j + 1], k2.x += kbr[j + half], k2.y += kbr[j + half + 1];
-          if (rot) {
-            float a, bb;
-            a = c0 * q1.x - s0 * q2.x, bb = s0 * q1.x + c0 * q2.x, q1.x = a, q2.x = bb;
-            a = c1 * q1.y - s1 * q2.y, bb = s1 * q1.y + c1 * q2.y, q1.y = a, q2.y = bb;
-            a = c0 * k1.x - s0 * k2.x, bb = s0 * k1.x + c0 * k2.x, k1.x = a, k2.x = bb;
-            a = c1 * k1.y - s1 * k2.y, bb = s1 * k1.y + c1 * k2.y, k1.y = a, k2.y = bb;
+        for (int u = 0; u < 4; ++u) {
+          if (r0 + u < R) {
+            const size_t row = (row0 + static_cast<size_t>(r0 + u) * G) * N + j;
+            uq1[u] = __ldg(reinterpret_cast<const unsigned int*>(kp.in.q + row));
+            uq2[u] = __ldg(reinterpret_cast<const unsigned int*>(kp.in.q + row + half));
+            uk1[u] = __ldg(reinterpret_cast<const unsigned int*>(kp.in.k + row));
+            uk2[u] = __ldg(reinterpret_cast<const unsigned int*>(kp.in.k + row + half));
           }
-          st_bf16x2(Qb + i * ldq + j, q1.x, q1.y);
-          st_bf16x2(Qb + i * ldq + j + half, q2.x, q2.y);
-          st_bf16x2(Kb + i * ldq + j, k1.x, k1.y);
-          st_bf16x2(Kb + i * ldq + j + half, k2.x, k2.y);
+        }
+        if (rot && r0 == 0) {
+          fast_sincos(th.x, &s0, &c0);
+          fast_sincos(th.y, &s1, &c1);
+        }
+#pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          const int r = r0 + u;
+          if (r < R) {
+            const int i = s * R + r;
+            const float* qbr = qbias + r * N;
+            const float* kbr = kbias + r * N;
+            float2 q1 = make_float2(__uint_as_float(uq1[u] << 16), __uint_as_float(uq1[u] & 0xffff0000u));
+            float2 q2 = make_float2(__uint_as_float(uq2[u] << 16), __uint_as_float(uq2[u] & 0xffff0000u));
+            float2 k1 = make_float2(__uint_as_float(uk1[u] << 16), __uint_as_float(uk1[u] & 0xffff0000u));
+            float2 k2 = make_float2(__uint_as_float(uk2[u] << 16), __uint_as_float(uk2[u] & 0xffff0000u));
+            q1.x += qbr[j], q1.y += qbr[j + 1], q2.x += qbr[j + half], q2.y += qbr[j + half + 1];
+            k1.x += kbr[j], k1.y += kbr[j + 1], k2.x += kbr[j + half], k2.y += kbr[j + half + 1];
+            if (rot) {
+              float a, bb;
+              a = c0 * q1.x - s0 * q2.x, bb = s0 * q1.x + c0 * q2.x, q1.x = a, q2.x = bb;
+              a = c1 * q1.y - s1 * q2.y, bb = s1 * q1.y + c1 * q2.y, q1.y = a, q2.y = bb;
+              a = c0 * k1.x - s0 * k2.x, bb = s0 * k1.x + c0 * k2.x, k1.x = a, k2.x = bb;
+              a = c1 * k1.y - s1 * k2.y, bb = s1 * k1.y + c1 * k2.y, k1.y = a, k2.y = bb;
+            }
+            st_bf16x2(Qb + i * ldq + j, q1.x, q1.y);
+            st_bf16x2(Qb + i * ldq + j + half, q2.x, q2.y);
+            st_bf16x2(Kb + i * ldq + j, k1.x, k1.y);
+            st_bf16x2(Kb + i * ldq + j + half, k2.x, k2.y);
+          }
         }
       }
     }

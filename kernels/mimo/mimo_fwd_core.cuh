@@ -69,7 +69,7 @@ __global__ void __launch_bounds__(kThreads, (NT <= 4) ? 2 : 1) mimo_fwd_kernel(c
       __syncwarp();
       step_weights(sc, W, Lc);
     }
-    load_qk_rot(kp, b, h, t0, qbias, kbias, Qb, Kb);
+    load_qk_rot<kThreads, 4>(kp, b, h, t0, qbias, kbias, Qb, Kb);
     __syncthreads();
     // V, Vd (and the PsiV cache in the forward); states for the backward.
     {

@@ -3,7 +3,8 @@
 #   build (all cores) → the CUDA backend's tests (every block vs its CPU twin, the whole model vs the
 #   CPU model, training tracks the CPU run, bit-identical resume) → the GPU smoke run → the md300m
 #   acceptance run (tokens/s, TFLOP/s, MFU, peak memory, per-letter time split from the receipt).
-#   bash tools/device/train_cuda.sh [tests|smoke|big|all]   (default all)
+#   bash tools/device/train_cuda.sh [tests|smoke|big|hybrid|all]   (default all; hybrid: recipes/hybrid300m.yaml,
+#   every letter at seq 4096)
 # Environment: BUILD_DIR (default build-dev), BIG_STEPS (default: the recipe's), BIG_VARIANTS=1 (also
 # 40 steps with features.psiv_cache and with train.recompute [M, D]), SKIP_BUILD=1.
 set -uo pipefail
@@ -87,6 +88,7 @@ if [[ $WHAT == all || $WHAT == big ]]; then
     train md300m-recompute recipes/md300m.yaml --set train.steps=40 --set train.eval_every=0 --set "train.recompute=[M, D]"
   fi
 fi
+[[ $WHAT == all || $WHAT == hybrid ]] && train hybrid300m recipes/hybrid300m.yaml ${HYBRID_STEPS:+--set train.steps=$HYBRID_STEPS}
 log "done"
 ( cd "$OUT" && tar czf /tmp/megacpp-train-all.tgz --exclude=summary.md --exclude="*/checkpoints" --exclude="data_cache" . && find . -mindepth 1 ! -name summary.md -delete \
   && mv /tmp/megacpp-train-all.tgz all.tgz )
