@@ -169,15 +169,7 @@ class CudaModel final : public DeviceModel {
 
   AuxLosses aux_losses() override {
     AuxLosses sum;
-    for (auto& b : blocks_) {
-      const AuxLosses a = b->aux_losses();
-      sum.aux += a.aux, sum.z += a.z;
-      if (sum.tokens_per_expert.empty()) sum.tokens_per_expert = a.tokens_per_expert;
-      else
-        for (std::size_t i = 0; i < a.tokens_per_expert.size() && i < sum.tokens_per_expert.size(); ++i)
-          sum.tokens_per_expert[i] += a.tokens_per_expert[i];
-      sum.dropped_frac = std::max(sum.dropped_frac, a.dropped_frac);
-    }
+    for (auto& b : blocks_) add_aux_losses(sum, b->aux_losses());
     return sum;
   }
 

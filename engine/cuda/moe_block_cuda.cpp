@@ -40,6 +40,7 @@
 #include <string>
 
 #include "engine/cuda/blocks.hpp"
+#include "engine/model/moe_block.hpp"
 #include "kernels/common/cuda_check.hpp"
 #include "kernels/moe/moe.hpp"
 #include "kernels/moe/moe_grad_add.hpp"
@@ -74,17 +75,7 @@ class MoeBlockCuda final : public DeviceBlock {
                                "' not supported (supported: fused, standard, true, false)");
     if (b.max_tokens < 1) throw std::runtime_error("MoE block on CUDA: max_tokens must be >= 1");
     // The same configuration as the CPU twin's constructor (renorm: the reference default, like the twin).
-    cfg_.tokens = b.max_tokens;
-    cfg_.hidden = r.model.hidden;
-    cfg_.experts = m.experts;
-    cfg_.top_k = m.top_k;
-    cfg_.ffn_hidden = m.ffn_hidden;
-    cfg_.shared_hidden = m.shared_expert_hidden;
-    cfg_.act = m.activation == "swiglu" ? moe::Activation::SwiGLU : moe::Activation::Relu2;
-    cfg_.score = m.score == "sigmoid" ? moe::Score::Sigmoid : moe::Score::Softmax;
-    cfg_.aux_coef = m.aux_loss_coef;
-    cfg_.z_coef = m.z_loss_coef;
-    cfg_.capacity_factor = m.capacity_factor;
+    cfg_ = moe_config_from_recipe(r, b.max_tokens);
     try {
       cfg_.validate();  // GPU limits included: experts ≤ 64, top_k ≤ 8, multiples of 8, T·K < 2^30
     } catch (const std::exception& e) {

@@ -1,6 +1,7 @@
 // make_block — the one place that maps a pattern letter to its block implementation.
 #include "engine/model/block.hpp"
 
+#include <algorithm>
 #include <stdexcept>
 
 #include "engine/model/attention_block.hpp"
@@ -10,6 +11,15 @@
 #include "engine/model/mamba_mixer.hpp"
 
 namespace megacpp {
+
+void add_aux_losses(AuxLosses& sum, const AuxLosses& a) {
+  sum.aux += a.aux, sum.z += a.z;
+  if (sum.tokens_per_expert.empty()) sum.tokens_per_expert = a.tokens_per_expert;
+  else
+    for (std::size_t i = 0; i < a.tokens_per_expert.size() && i < sum.tokens_per_expert.size(); ++i)
+      sum.tokens_per_expert[i] += a.tokens_per_expert[i];
+  sum.dropped_frac = std::max(sum.dropped_frac, a.dropped_frac);
+}
 
 template <typename T>
 std::unique_ptr<Block<T>> make_block(BlockKind kind, const Recipe& r, ParamStore<T>& ps, const std::string& prefix,

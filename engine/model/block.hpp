@@ -24,6 +24,9 @@ struct AuxLosses {
   double dropped_frac = 0;
 };
 
+// sum += a over layers: aux and z added, tokens per expert added elementwise, the largest dropped fraction.
+void add_aux_losses(AuxLosses& sum, const AuxLosses& a);
+
 template <typename T>
 class Block {
  public:

@@ -220,15 +220,7 @@ double Model<T>::forward_loss(const int32_t* tokens, int64_t B) {
 template <typename T>
 AuxLosses Model<T>::aux_losses() const {
   AuxLosses sum;
-  for (const auto& b : blocks_) {
-    const AuxLosses a = b->aux_losses();
-    sum.aux += a.aux, sum.z += a.z;
-    if (sum.tokens_per_expert.empty()) sum.tokens_per_expert = a.tokens_per_expert;
-    else
-      for (std::size_t i = 0; i < a.tokens_per_expert.size() && i < sum.tokens_per_expert.size(); ++i)
-        sum.tokens_per_expert[i] += a.tokens_per_expert[i];
-    sum.dropped_frac = std::max(sum.dropped_frac, a.dropped_frac);
-  }
+  for (const auto& b : blocks_) add_aux_losses(sum, b->aux_losses());
   return sum;
 }
 

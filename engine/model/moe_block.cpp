@@ -6,6 +6,23 @@
 
 namespace megacpp {
 
+moe::MoeConfig moe_config_from_recipe(const Recipe& r, int64_t tokens) {
+  const auto& m = r.model.moe;
+  moe::MoeConfig c;
+  c.tokens = tokens;
+  c.hidden = r.model.hidden;
+  c.experts = m.experts;
+  c.top_k = m.top_k;
+  c.ffn_hidden = m.ffn_hidden;
+  c.shared_hidden = m.shared_expert_hidden;
+  c.act = m.activation == "swiglu" ? moe::Activation::SwiGLU : moe::Activation::Relu2;
+  c.score = m.score == "sigmoid" ? moe::Score::Sigmoid : moe::Score::Softmax;
+  c.aux_coef = m.aux_loss_coef;
+  c.z_coef = m.z_loss_coef;
+  c.capacity_factor = m.capacity_factor;
+  return c;
+}
+
 template <typename T>
 MoeBlock<T>::MoeBlock(const Recipe& r, ParamStore<T>& ps, const std::string& p, int64_t max_tokens,
                       const ModelParallel* mp)
@@ -14,17 +31,7 @@ MoeBlock<T>::MoeBlock(const Recipe& r, ParamStore<T>& ps, const std::string& p, 
   if (m.shared_expert_hidden > 0 && m.shared_activation != "swiglu")
     throw std::runtime_error("model.moe.shared_activation=" + m.shared_activation +
                              ": the MoE block's shared expert is SwiGLU (the NAM56R choice); relu2 is not implemented");
-  cfg_.tokens = max_tokens;
-  cfg_.hidden = r.model.hidden;
-  cfg_.experts = m.experts;
-  cfg_.top_k = m.top_k;
-  cfg_.ffn_hidden = m.ffn_hidden;
-  cfg_.shared_hidden = m.shared_expert_hidden;
-  cfg_.act = m.activation == "swiglu" ? moe::Activation::SwiGLU : moe::Activation::Relu2;
-  cfg_.score = m.score == "sigmoid" ? moe::Score::Sigmoid : moe::Score::Softmax;
-  cfg_.aux_coef = m.aux_loss_coef;
-  cfg_.z_coef = m.z_loss_coef;
-  cfg_.capacity_factor = m.capacity_factor;
+  cfg_ = moe_config_from_recipe(r, max_tokens);
   cfg_.validate();
   const int64_t H = cfg_.hidden, E = cfg_.experts, F = cfg_.ffn_hidden, S = cfg_.shared_hidden;
   const int64_t ep = ep_size(mp), tp = tp_size(mp), tr = tp_rank(mp);

@@ -21,6 +21,10 @@
 
 namespace megacpp {
 
+// The MoE layer's configuration from the recipe (not validated), for `tokens` rows: shared by this
+// CPU block and its CUDA twin (engine/cuda/moe_block_cuda.cpp).
+moe::MoeConfig moe_config_from_recipe(const Recipe& r, int64_t tokens);
+
 template <typename T>
 class MoeBlock final : public Block<T> {
  public:

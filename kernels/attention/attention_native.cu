@@ -115,16 +115,6 @@ template <int D>
 __device__ __forceinline__ void load_b_nk(uint32_t (&b)[4], const __nv_bfloat16* s, int n0, int k0, int lane) {
   ldsm_x4(b, s + swz<D>(n0 + (lane & 7) + ((lane >> 4) << 3), k0 + (((lane >> 3) & 1) << 3)));
 }
-// A fragment (16 rows m x 16 k) at (m0, k0) where A[m][k] = T[k][m] (T row-major, k = tile row, LD columns).
-template <int LD>
-__device__ __forceinline__ void load_a_t(uint32_t (&a)[4], const __nv_bfloat16* s, int m0, int k0, int lane) {
-  ldsm_x4_t(a, s + swz<LD>(k0 + (lane & 7) + ((lane >> 4) << 3), m0 + (((lane >> 3) & 1) << 3)));
-}
-__device__ __forceinline__ int ld_relaxed_gpu(const int* p) {
-  int v;
-  asm volatile("ld.relaxed.gpu.global.b32 %0, [%1];\n" : "=r"(v) : "l"(p) : "memory");
-  return v;
-}
 // Two B fragments where B[k][n] = T[k][n] (T row-major, k = tile row): k 16 rows at k0, n-tiles n0, n0+8.
 template <int D>
 __device__ __forceinline__ void load_b_kn(uint32_t (&b)[4], const __nv_bfloat16* s, int k0, int n0, int lane) {
@@ -296,8 +286,6 @@ struct BwdParams {
   const float* lse;
   float* dvec;  // (B,H,S)
   __nv_bfloat16 *dq, *dk, *dv;
-  float* dqacc;  // fused dQ: fp32 partial sums, (B,H,S/64) tiles of 64 x D in mma fragment order
-  int* dqsem;    // fused dQ: (B,H,S/64) counters = number of kv blocks that have added to the tile
   int S, H, Hk;
   float scale, scale_log2;
 };
@@ -324,16 +312,9 @@ __global__ void attn_bwd_pre_kernel(BwdParams p, int64_t rows) {
 }
 
 // One CTA: BKV = 16*NW keys of one (b, kv head); loops over (group head, query block >= diagonal).
-// FUSED_DQ: also dQ += dS K for the query block (5 matmuls in all instead of 7), added to an fp32 tile in
-// global memory in a fixed order: the kv blocks contributing to query block qb add in descending kv-block
-// order (turn = last contributing block - kb), gated by the per-(b,h,qb) counter `dqsem`. The first
-// contributor stores (no zero-fill needed), kv block 0 (always last) writes dQ in bf16. The CTAs are
-// launched lightest (highest kv block) first, so the block a CTA waits for was launched before it (no
-// deadlock) and, doing less work, runs ~2 iterations ahead (the wait is normally already satisfied).
-template <int D, int NW, int BQ, bool FUSED_DQ>
+template <int D, int NW, int BQ>
 __global__ void __launch_bounds__(NW * 32, 1) attn_bwd_dkdv_kernel(BwdParams p) {
   constexpr int BKV = 16 * NW, NT = NW * 32;
-  static_assert(!FUSED_DQ || (NW == 8 && BQ == 64), "fused dQ: 8 warps (4 row groups x 2 column halves), BQ 64");
   extern __shared__ __align__(128) unsigned char smem_raw[];
   __nv_bfloat16* sK = reinterpret_cast<__nv_bfloat16*>(smem_raw);
   __nv_bfloat16* sV = sK + BKV * D;
@@ -341,14 +322,10 @@ __global__ void __launch_bounds__(NW * 32, 1) attn_bwd_dkdv_kernel(BwdParams p) 
   __nv_bfloat16* sdO = sQ + 2 * BQ * D;  // [2][BQ*D]
   float* sL = reinterpret_cast<float*>(sdO + 2 * BQ * D);  // [2][BQ] lse
   float* sDv = sL + 2 * BQ;                                 // [2][BQ]
-  __nv_bfloat16* sdS = reinterpret_cast<__nv_bfloat16*>(sDv + 2 * BQ);  // fused: dS^T [BKV keys][BQ queries]
 
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
-  // unfused: low kv blocks have the most work: launched first; fused: grid (B*Hk, S/BKV), highest kv block
-  // first (see above).
-  const int kb = FUSED_DQ ? static_cast<int>(gridDim.y) - 1 - static_cast<int>(blockIdx.y) : blockIdx.x;
-  const int kv0 = kb * BKV;
-  const int bhk = FUSED_DQ ? blockIdx.x : blockIdx.y, b = bhk / p.Hk, hk = bhk % p.Hk;
+  const int kv0 = blockIdx.x * BKV;  // low kv blocks have the most work: launched first
+  const int bhk = blockIdx.y, b = bhk / p.Hk, hk = bhk % p.Hk;
   const int G = p.H / p.Hk;
   const int64_t ldq = static_cast<int64_t>(p.H) * D, ldk = static_cast<int64_t>(p.Hk) * D;
   const int64_t kvbase = (static_cast<int64_t>(b) * p.S + kv0) * ldk + hk * D;
@@ -385,18 +362,9 @@ __global__ void __launch_bounds__(NW * 32, 1) attn_bwd_dkdv_kernel(BwdParams p) 
     const int buf = it & 1;
     if (it + 1 < total) issue(it + 1, buf ^ 1);
     cp_async_commit();
-    const int qb = qb_first + it % nq;
-    const int q0 = qb * BQ;
-    // fused dQ: this CTA's turn on the tile; thread 0 polls the counter early (relaxed, consumed later)
-    const int turn = (q0 + BQ - 1) / BKV - kb;
-    int* sem = nullptr;
-    int seen = 0;
-    if constexpr (FUSED_DQ) {
-      sem = p.dqsem + (static_cast<int64_t>(b) * p.H + hk * G + it / nq) * (p.S / BQ) + qb;
-      if (tid == 0 && turn > 0) seen = ld_relaxed_gpu(sem);
-    }
     cp_async_wait<1>();
     __syncthreads();
+    const int q0 = (qb_first + it % nq) * BQ;
     if (q0 + BQ - 1 >= kw0) {  // warp-uniform: some query of the block sees some key of this warp
       const __nv_bfloat16* q_s = sQ + buf * BQ * D;
       const __nv_bfloat16* do_s = sdO + buf * BQ * D;
@@ -460,13 +428,6 @@ __global__ void __launch_bounds__(NW * 32, 1) attn_bwd_dkdv_kernel(BwdParams p) 
         sa[1] = pack_bf16(dpt[2 * kk][2], dpt[2 * kk][3]);
         sa[2] = pack_bf16(dpt[2 * kk + 1][0], dpt[2 * kk + 1][1]);
         sa[3] = pack_bf16(dpt[2 * kk + 1][2], dpt[2 * kk + 1][3]);
-        if constexpr (FUSED_DQ) {  // dS^T rows = this warp's keys, columns = queries (conflict-free u32 stores)
-          const int kr = warp * 16 + (lane >> 2), qc = kk * 16 + ((lane & 3) << 1);
-          *reinterpret_cast<uint32_t*>(sdS + swz<BQ>(kr, qc)) = sa[0];
-          *reinterpret_cast<uint32_t*>(sdS + swz<BQ>(kr + 8, qc)) = sa[1];
-          *reinterpret_cast<uint32_t*>(sdS + swz<BQ>(kr, qc + 8)) = sa[2];
-          *reinterpret_cast<uint32_t*>(sdS + swz<BQ>(kr + 8, qc + 8)) = sa[3];
-        }
 #pragma unroll
         for (int nd = 0; nd < D / 16; ++nd) {
           uint32_t bo[4], bq[4];
@@ -479,67 +440,7 @@ __global__ void __launch_bounds__(NW * 32, 1) attn_bwd_dkdv_kernel(BwdParams p) 
         }
       }
     }
-    if constexpr (FUSED_DQ) {
-      if (tid == 0 && turn > 0) {  // wait for our turn; relaxed poll + fence = acquire
-        while (seen < turn) seen = ld_relaxed_gpu(sem);
-        __threadfence();
-      }
-      __syncthreads();  // dS^T complete in smem; the turn is ours
-      // dQ tile (BQ x D) += dS K: warp = (row group warp & 3) x (column half warp >> 2); keys = k dimension.
-      constexpr int DH = D / 2;
-      const int m0 = (warp & 3) * 16, d0 = (warp >> 2) * DH;
-      float acc[DH / 8][4];
-#pragma unroll
-      for (int i = 0; i < DH / 8; ++i) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.f;
-#pragma unroll
-      for (int kk = 0; kk < BKV / 16; ++kk) {
-        if (q0 + BQ - 1 >= kv0 + kk * 16) {  // CTA-uniform: warp kk's keys were not skipped
-          uint32_t a[4];
-          load_a_t<BQ>(a, sdS, m0, kk * 16, lane);
-#pragma unroll
-          for (int nd = 0; nd < DH / 16; ++nd) {
-            uint32_t bk[4];
-            load_b_kn<D>(bk, sK, kk * 16, d0 + nd * 16, lane);
-            mma16816(acc[2 * nd], a, bk[0], bk[1]);
-            mma16816(acc[2 * nd + 1], a, bk[2], bk[3]);
-          }
-        }
-      }
-      const int h = hk * G + it / nq;
-      float4* tile = reinterpret_cast<float4*>(p.dqacc) +
-                     ((static_cast<int64_t>(b) * p.H + h) * (p.S / BQ) + qb) * (BQ * D / 4) + warp * (16 * DH / 4) + lane;
-      if (turn > 0) {
-#pragma unroll
-        for (int i = 0; i < DH / 8; ++i) {
-          const float4 v = __ldcg(tile + i * 32);
-          acc[i][0] += v.x;
-          acc[i][1] += v.y;
-          acc[i][2] += v.z;
-          acc[i][3] += v.w;
-        }
-      }
-      if (kb == 0) {  // last contributor: dQ = scale * sum, bf16, BSHD
-        __nv_bfloat16* dqg = p.dq + (static_cast<int64_t>(b) * p.S + q0 + m0) * ldq + h * D + d0;
-        const int r = lane >> 2;
-#pragma unroll
-        for (int n = 0; n < DH / 8; ++n) {
-          const int c = n * 8 + ((lane & 3) << 1);
-          *reinterpret_cast<uint32_t*>(dqg + r * ldq + c) = pack_bf16(acc[n][0] * p.scale, acc[n][1] * p.scale);
-          *reinterpret_cast<uint32_t*>(dqg + (r + 8) * ldq + c) =
-              pack_bf16(acc[n][2] * p.scale, acc[n][3] * p.scale);
-        }
-      } else {
-#pragma unroll
-        for (int i = 0; i < DH / 8; ++i) __stcg(tile + i * 32, make_float4(acc[i][0], acc[i][1], acc[i][2], acc[i][3]));
-      }
-    }
     __syncthreads();
-    if constexpr (FUSED_DQ) {
-      if (tid == 0 && kb > 0) {  // release: every thread's tile stores (ordered by the barrier) before the count
-        __threadfence();
-        atomicAdd(sem, 1);
-      }
-    }
   }
   cp_async_wait<0>();
 
@@ -729,8 +630,7 @@ void launch_fwd(const AttnShape& s, const FwdParams& fp, cudaStream_t st) {
   MEGACPP_CUDA_CHECK_LAUNCH();
 }
 
-// FUSED: dQ accumulated inside the dK/dV kernel (NWQ, BC unused; no dQ kernel).
-template <int D, int NWKV, int BQ, int NWQ, int BC, bool FUSED = false>
+template <int D, int NWKV, int BQ, int NWQ, int BC>
 void launch_bwd(const AttnShape& s, const BwdParams& bp, cudaStream_t st, int parts = 7) {
   const int64_t rows = s.B * s.S * s.H;
   if (parts & 1) {
@@ -739,20 +639,14 @@ void launch_bwd(const AttnShape& s, const BwdParams& bp, cudaStream_t st, int pa
   }
   if (parts & 2) {
     constexpr int BKV = 16 * NWKV;
-    const size_t smem = static_cast<size_t>(2 * BKV * D + 4 * BQ * D) * 2 + 4 * BQ * 4 + (FUSED ? BKV * BQ * 2 : 0);
-    auto kern = attn_bwd_dkdv_kernel<D, NWKV, BQ, FUSED>;
+    const size_t smem = static_cast<size_t>(2 * BKV * D + 4 * BQ * D) * 2 + 4 * BQ * 4;
+    auto kern = attn_bwd_dkdv_kernel<D, NWKV, BQ>;
     MEGACPP_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
-    if constexpr (FUSED) {
-      MEGACPP_CUDA_CHECK(cudaMemsetAsync(bp.dqsem, 0, static_cast<size_t>(s.B * s.H * (s.S / BQ)) * sizeof(int), st));
-      dim3 grid(static_cast<unsigned>(s.B * s.Hk), static_cast<unsigned>(s.S / BKV));
-      kern<<<grid, NWKV * 32, smem, st>>>(bp);
-    } else {
-      dim3 grid(static_cast<unsigned>(s.S / BKV), static_cast<unsigned>(s.B * s.Hk));
-      kern<<<grid, NWKV * 32, smem, st>>>(bp);
-    }
+    dim3 grid(static_cast<unsigned>(s.S / BKV), static_cast<unsigned>(s.B * s.Hk));
+    kern<<<grid, NWKV * 32, smem, st>>>(bp);
     MEGACPP_CUDA_CHECK_LAUNCH();
   }
-  if ((parts & 4) && !FUSED) {
+  if (parts & 4) {
     constexpr int BQQ = 16 * NWQ;
     const size_t smem = static_cast<size_t>(2 * BQQ * D + 4 * BC * D) * 2;
     auto kern = attn_bwd_dq_kernel<D, NWQ, BC>;
@@ -763,22 +657,13 @@ void launch_bwd(const AttnShape& s, const BwdParams& bp, cudaStream_t st, int pa
   }
 }
 
-// Workspace: Dv fp32 (B,H,S) | fused dQ counters int (B,H,S/64) | fused dQ fp32 tiles (B,H,S,D); 256-B aligned.
-size_t align256(size_t x) { return (x + 255) / 256 * 256; }
-size_t ws_sem_offset(const AttnShape& s) { return align256(static_cast<size_t>(s.B * s.H * s.S) * 4); }
-size_t ws_acc_offset(const AttnShape& s) {
-  return ws_sem_offset(s) + align256(static_cast<size_t>(s.B * s.H * (s.S / 64)) * 4);
-}
-
 BwdParams make_bwd_params(const AttnShape& s, const AttnBwdArgs& a, void* workspace) {
   const float sc = effective_scale(s, a.scale);
-  auto* ws = static_cast<unsigned char*>(workspace);
   return BwdParams{static_cast<const __nv_bfloat16*>(a.q), static_cast<const __nv_bfloat16*>(a.k),
                    static_cast<const __nv_bfloat16*>(a.v), static_cast<const __nv_bfloat16*>(a.o),
                    static_cast<const __nv_bfloat16*>(a.dout), a.lse, static_cast<float*>(workspace),
                    static_cast<__nv_bfloat16*>(a.dq), static_cast<__nv_bfloat16*>(a.dk),
-                   static_cast<__nv_bfloat16*>(a.dv), reinterpret_cast<float*>(ws + ws_acc_offset(s)),
-                   reinterpret_cast<int*>(ws + ws_sem_offset(s)), static_cast<int>(s.S), static_cast<int>(s.H),
+                   static_cast<__nv_bfloat16*>(a.dv), static_cast<int>(s.S), static_cast<int>(s.H),
                    static_cast<int>(s.Hk), sc, sc * kLog2e};
 }
 
@@ -799,10 +684,7 @@ std::string native_unsupported_reason(const AttnShape& s) {
   return "";
 }
 size_t native_fwd_workspace_bytes(const AttnShape&) { return 0; }
-size_t native_bwd_workspace_bytes(const AttnShape& s) {
-  // Dv + the fused-dQ counters and fp32 tiles of the default config (the other configs use only Dv).
-  return ws_acc_offset(s) + static_cast<size_t>(s.B * s.H * s.S * s.D) * 4;
-}
+size_t native_bwd_workspace_bytes(const AttnShape& s) { return static_cast<size_t>(s.B * s.H * s.S) * 4; }
 void native_set_fwd_config(int cfg) { g_fwd_cfg = cfg; }
 void native_set_bwd_config(int cfg) { g_bwd_cfg = cfg; }
 
@@ -838,22 +720,20 @@ void native_bwd(const AttnShape& s, const AttnBwdArgs& a, void* workspace, size_
 
 
 void dispatch_bwd(const AttnShape& s, const BwdParams& bp, cudaStream_t st, int parts) {
-  // Tile configs <D, dkdv warps, dkdv query block, dq warps, dq kv block[, fused dQ]>; 0 is the default:
-  // 0 = dQ accumulated in order inside the dK/dV kernel (5 matmuls); 1 = the previous default (separate dQ
-  // kernel that recomputes P and dS, 7 matmuls); 2, 3 = query block 32 / dQ kernel with 8 warps.
+  // Tile configs <D, dkdv warps, dkdv query block, dq warps, dq kv block>; 0 is the default.
   if (s.D == 128) {
     switch (g_bwd_cfg) {
-      case 1: launch_bwd<128, 8, 64, 4, 64>(s, bp, st, parts); break;
-      case 2: launch_bwd<128, 8, 32, 4, 64>(s, bp, st, parts); break;
+      case 1: launch_bwd<128, 8, 32, 4, 64>(s, bp, st, parts); break;
+      case 2: launch_bwd<128, 8, 32, 4, 32>(s, bp, st, parts); break;
       case 3: launch_bwd<128, 8, 32, 8, 64>(s, bp, st, parts); break;
-      default: launch_bwd<128, 8, 64, 4, 64, true>(s, bp, st, parts);
+      default: launch_bwd<128, 8, 64, 4, 64>(s, bp, st, parts);  // best of run 2 at 4k-16k
     }
   } else {
     switch (g_bwd_cfg) {
-      case 1: launch_bwd<64, 8, 64, 4, 64>(s, bp, st, parts); break;
-      case 2: launch_bwd<64, 8, 32, 4, 64>(s, bp, st, parts); break;
+      case 1: launch_bwd<64, 8, 32, 4, 64>(s, bp, st, parts); break;
+      case 2: launch_bwd<64, 8, 64, 4, 32>(s, bp, st, parts); break;
       case 3: launch_bwd<64, 8, 64, 8, 64>(s, bp, st, parts); break;
-      default: launch_bwd<64, 8, 64, 4, 64, true>(s, bp, st, parts);
+      default: launch_bwd<64, 8, 64, 4, 64>(s, bp, st, parts);
     }
   }
 }
@@ -863,8 +743,8 @@ std::vector<std::pair<std::string, double>> native_bwd_profile(const AttnShape& 
   native_bwd(s, a, workspace, workspace_bytes, nullptr);  // validates, fills Dv
   const BwdParams bp = make_bwd_params(s, a, workspace);
   std::vector<std::pair<std::string, double>> r;
-  const char* names[3] = {"bwd_pre", g_bwd_cfg == 0 ? "bwd_dkdv_dq" : "bwd_dkdv", "bwd_dq"};
-  for (int i = 0; i < (g_bwd_cfg == 0 ? 2 : 3); ++i)
+  const char* names[3] = {"bwd_pre", "bwd_dkdv", "bwd_dq"};
+  for (int i = 0; i < 3; ++i)
     r.emplace_back(names[i], time_gpu([&] { dispatch_bwd(s, bp, nullptr, 1 << i); }, 2, iters).median_ms);
   return r;
 }
@@ -876,10 +756,7 @@ std::string native_kernel_report(int64_t D) {
                                          (128 * 128 + 4 * 64 * 128) * 2)));
     j.push_back(to_json(kernel_resources("attn_fwd<128,4,64>", (const void*)attn_fwd_kernel<128, 4, 64>, 128,
                                          (64 * 128 + 4 * 64 * 128) * 2)));
-    j.push_back(to_json(kernel_resources("attn_bwd_dkdv_dq<128,8,64>",
-                                         (const void*)attn_bwd_dkdv_kernel<128, 8, 64, true>, 256,
-                                         (2 * 128 * 128 + 4 * 64 * 128) * 2 + 4 * 64 * 4 + 128 * 64 * 2)));
-    j.push_back(to_json(kernel_resources("attn_bwd_dkdv<128,8,64>", (const void*)attn_bwd_dkdv_kernel<128, 8, 64, false>,
+    j.push_back(to_json(kernel_resources("attn_bwd_dkdv<128,8,64>", (const void*)attn_bwd_dkdv_kernel<128, 8, 64>,
                                          256, (2 * 128 * 128 + 4 * 64 * 128) * 2 + 4 * 64 * 4)));
     j.push_back(to_json(kernel_resources("attn_bwd_dq<128,4,64>", (const void*)attn_bwd_dq_kernel<128, 4, 64>, 128,
                                          (2 * 64 * 128 + 4 * 64 * 128) * 2)));
@@ -888,9 +765,7 @@ std::string native_kernel_report(int64_t D) {
                                          (128 * 64 + 4 * 64 * 64) * 2)));
     j.push_back(to_json(kernel_resources("attn_fwd<64,4,64>", (const void*)attn_fwd_kernel<64, 4, 64>, 128,
                                          (64 * 64 + 4 * 64 * 64) * 2)));
-    j.push_back(to_json(kernel_resources("attn_bwd_dkdv_dq<64,8,64>", (const void*)attn_bwd_dkdv_kernel<64, 8, 64, true>,
-                                         256, (2 * 128 * 64 + 4 * 64 * 64) * 2 + 4 * 64 * 4 + 128 * 64 * 2)));
-    j.push_back(to_json(kernel_resources("attn_bwd_dkdv<64,8,64>", (const void*)attn_bwd_dkdv_kernel<64, 8, 64, false>,
+    j.push_back(to_json(kernel_resources("attn_bwd_dkdv<64,8,64>", (const void*)attn_bwd_dkdv_kernel<64, 8, 64>,
                                          256, (2 * 128 * 64 + 4 * 64 * 64) * 2 + 4 * 64 * 4)));
     j.push_back(to_json(kernel_resources("attn_bwd_dq<64,4,64>", (const void*)attn_bwd_dq_kernel<64, 4, 64>, 128,
                                          (2 * 64 * 64 + 4 * 64 * 64) * 2)));

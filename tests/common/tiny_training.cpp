@@ -35,4 +35,19 @@ Recipe tiny_training_recipe(const std::string& root, const std::string& train_ya
   return load_recipe(root + "/r.yaml", sets);
 }
 
+TrainRun train_in_process(const Recipe& r, TrainOptions o) {
+  RunReceipt rc("train", {"test"});
+  rc.set_recipe(r);
+  o.quiet = true;
+  TrainRun out;
+  out.code = run_training(r, o, rc);
+  if (out.code == 0) rc.finish_ok();
+  else if (out.code == 130) rc.finish_interrupted("test");
+  out.doc = rc.doc();
+  out.training = rc.training();
+  out.run_dir = rc.run_dir();
+  for (const auto& p : out.training["series"]) out.losses.push_back(p["loss"].get<double>());
+  return out;
+}
+
 }  // namespace megacpp::test

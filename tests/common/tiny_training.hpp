@@ -5,6 +5,8 @@
 #include <vector>
 
 #include "engine/config/recipe.hpp"
+#include "engine/receipts/receipt.hpp"
+#include "engine/train/trainer.hpp"
 
 namespace megacpp::test {
 
@@ -15,5 +17,16 @@ std::string make_cpp_corpus(const std::string& root, int files = 12);
 // `train_yaml` is the recipe's whole `train:` section body, e.g. "  mbs: 2\n  seq_len: 32\n".
 Recipe tiny_training_recipe(const std::string& root, const std::string& train_yaml,
                             const std::vector<std::string>& extra_sets = {});
+
+// Runs the training loop in-process and quietly, finishing the
+// receipt the way the CLI does for the exit code; returns the exit code and the receipt.
+struct TrainRun {
+  int code = -1;
+  nlohmann::json doc;          // the whole receipt
+  nlohmann::json training;     // its training section
+  std::string run_dir;
+  std::vector<double> losses;  // the per-step series
+};
+TrainRun train_in_process(const Recipe& r, TrainOptions o = {});
 
 }  // namespace megacpp::test

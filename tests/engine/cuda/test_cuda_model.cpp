@@ -23,12 +23,6 @@
 namespace megacpp {
 namespace {
 
-std::vector<double> losses(const nlohmann::json& tr) {
-  std::vector<double> v;
-  for (const auto& p : tr["series"]) v.push_back(p["loss"].get<double>());
-  return v;
-}
-
 Recipe tiny(const std::string& root, const std::vector<std::string>& extra) {
   std::vector<std::string> sets = {"model.vocab=264"};  // the CUDA backend needs vocab % 8 == 0
   sets.insert(sets.end(), extra.begin(), extra.end());
@@ -95,18 +89,14 @@ TEST(CudaModel, FirstStepsTrackTheCpuRun) {
   const auto root = test::scratch_dir("cuda-track");
   std::vector<double> l[2];
   for (int k = 0; k < 2; ++k) {
-    const Recipe r = tiny(root, {k ? "train.device=cuda" : "train.device=cpu", k ? "train.precision=bf16" : "train.precision=fp32"});
-    RunReceipt rc("train", {"test"});
-    rc.set_recipe(r);
-    TrainOptions o;
-    o.quiet = true;
-    ASSERT_EQ(run_training(r, o, rc), 0);
-    rc.finish_ok();
-    l[k] = losses(rc.training());
-    EXPECT_EQ(rc.doc()["features"]["device"]["observed"], k ? "cuda" : "cpu");
+    const auto run = test::train_in_process(
+        tiny(root, {k ? "train.device=cuda" : "train.device=cpu", k ? "train.precision=bf16" : "train.precision=fp32"}));
+    ASSERT_EQ(run.code, 0);
+    l[k] = run.losses;
+    EXPECT_EQ(run.doc["features"]["device"]["observed"], k ? "cuda" : "cpu");
     if (k) {
-      EXPECT_EQ(rc.training()["backend"], "cuda");
-      EXPECT_TRUE(rc.training()["cuda"]["time_ms"].contains("train fwd M"));
+      EXPECT_EQ(run.training["backend"], "cuda");
+      EXPECT_TRUE(run.training["cuda"]["time_ms"].contains("train fwd M"));
     }
   }
   ASSERT_EQ(l[0].size(), l[1].size());
@@ -121,49 +111,20 @@ TEST(CudaModel, ResumedRunEqualsTheUninterruptedRunBitForBit) {
   MEGACPP_REQUIRE_GPU();
   const auto root = test::scratch_dir("cuda-resume");
   const std::vector<std::string> cuda = {"train.device=cuda", "train.eval_every=0"};
-  std::vector<double> full, resumed;
-  {
-    const Recipe r = tiny(root, cuda);
-    RunReceipt rc("train", {"test"});
-    rc.set_recipe(r);
-    TrainOptions o;
-    o.quiet = true;
-    ASSERT_EQ(run_training(r, o, rc), 0);
-    rc.finish_ok();
-    full = losses(rc.training());
-  }
-  std::string run_dir;
-  {
-    const Recipe r = tiny(root, cuda);
-    RunReceipt rc("train", {"test"});
-    rc.set_recipe(r);
-    TrainOptions o;
-    o.quiet = true;
-    o.interrupt_after_step = 4;
-    ASSERT_EQ(run_training(r, o, rc), 130);
-    rc.finish_interrupted("test");
-    run_dir = rc.run_dir();
-  }
-  {
-    const Recipe r = tiny(root, cuda);
-    RunReceipt rc("train", {"test"});
-    rc.set_recipe(r);
-    TrainOptions o;
-    o.quiet = true;
-    o.resume = run_dir;
-    ASSERT_EQ(run_training(r, o, rc), 0);
-    rc.finish_ok();
-    resumed = losses(rc.training());
-  }
+  const auto full = test::train_in_process(tiny(root, cuda));
+  ASSERT_EQ(full.code, 0);
+  TrainOptions o;
+  o.interrupt_after_step = 4;
+  const auto part = test::train_in_process(tiny(root, cuda), o);
+  ASSERT_EQ(part.code, 130);
+  TrainOptions ro;
+  ro.resume = part.run_dir;
+  const auto rest = test::train_in_process(tiny(root, cuda), ro);
+  ASSERT_EQ(rest.code, 0);
+  const std::vector<double>& resumed = rest.losses;
   ASSERT_EQ(resumed.size(), 6u);
-  for (std::size_t i = 0; i < resumed.size(); ++i) EXPECT_EQ(resumed[i], full[i + 4]) << "step " << i + 5;
+  for (std::size_t i = 0; i < resumed.size(); ++i) EXPECT_EQ(resumed[i], full.losses[i + 4]) << "step " << i + 5;
 }
-
-}  // namespace
-}  // namespace megacpp
-
-namespace megacpp {
-namespace {
 
 // train.recompute re-runs a layer's forward before its backward: the same numbers, bit for bit, and
 // less activation memory.
@@ -175,15 +136,10 @@ TEST(CudaModel, RecomputeGivesTheSameLossesWithLessMemory) {
   for (int k = 0; k < 2; ++k) {
     std::vector<std::string> sets = {"train.device=cuda", "train.steps=4", "train.eval_every=0", "train.checkpoint_every=0"};
     if (k) sets.push_back("train.recompute=[M, D]");
-    const Recipe r = tiny(root, sets);
-    RunReceipt rc("train", {"test"});
-    rc.set_recipe(r);
-    TrainOptions o;
-    o.quiet = true;
-    ASSERT_EQ(run_training(r, o, rc), 0);
-    rc.finish_ok();
-    l[k] = losses(rc.training());
-    const auto& mem = rc.training()["cuda"]["memory"];
+    const auto run = test::train_in_process(tiny(root, sets));
+    ASSERT_EQ(run.code, 0);
+    l[k] = run.losses;
+    const auto& mem = run.training["cuda"]["memory"];
     act_mib[k] = mem["activations_mib"].get<double>() + mem["recomputed_layers_region_mib"].get<double>();
   }
   ASSERT_EQ(l[0].size(), 4u);
@@ -191,12 +147,6 @@ TEST(CudaModel, RecomputeGivesTheSameLossesWithLessMemory) {
   std::printf("activation memory: %.2f MiB saved, %.2f MiB with recompute [M, D]\n", act_mib[0], act_mib[1]);
   EXPECT_LT(act_mib[1], act_mib[0]);
 }
-
-}  // namespace
-}  // namespace megacpp
-
-namespace megacpp {
-namespace {
 
 // World size 1 through the real NCCL path: the CUDA model's gradient all-reduce on device memory in
 // buckets (a sum over one rank leaves every bit in place) and the host-buffer staging the training
