@@ -6,8 +6,8 @@
 //   per-(b,h) partials of dΦ[r,p] = Σ_t dout·silu(zΖ)·y and dΖ[r,p] = Σ_t dout·Φ·y·silu'(zΖ)·z, (B,H,R,P) fp32,
 //   reduced over b in mimo_bwd_post (deterministic). silu'(u) = σ(u)(1 + u(1−σ(u))).
 // With the PsiV cache the values V are read from it instead of x·Ψ.
-// Resources: 256 threads, smem fwd_layout() (112,640 B at N=128,P=64,M=64); NT=4: 128 regs, 2 CTAs/SM, no spills;
-// NT=8: 208 regs, 1 CTA/SM (v4).
+// Resources: 256 threads, smem fwd_layout() (112,640 B at N=128,P=64,M=64); NT=4: 126 regs, 2 CTAs/SM, no spills;
+// NT=8: 202 regs, 1 CTA/SM (v6).
 #include "kernels/common/cuda_check.hpp"
 #include "kernels/mimo/mimo_fwd_core.cuh"
 

@@ -266,137 +266,139 @@ __device__ inline void step_weights(const float* sc, float* W, int Lc) {
 
 // All threads: rotated, biased q̄ and k̄ of the chunk into Qb/Kb ([Mp][N+8] bf16). Half-split rotation pairs
 // (j, j+N/2), j < N_ang, angle θ[b,t,h,j] (fp32, cumulative).
-// v4: one item per (step s, column group j) with the R rank rows inside, so each angle's sin/cos is computed once
-// per step instead of once per (step, rank) row. The q/k loads of 4 ranks are issued before their math.
-// v6: CW = columns per item (2 or 4). CW = 4 (mimo_fwd / mimo_bwd_fwd, 256 threads): 8-byte q/k loads, a float4
-// angle load, 16-byte bias loads from shared memory and 8-byte stores, and Lc·N/8 items, i.e. one item (one L2
-// round trip) per thread at N=128, Lc=16 instead of two dependent ones. CW = 2 keeps the v4 path (mimo_bwd_bwd:
-// 512 threads already have one item each). Requires N_ang % 4 == 0 and N/2 % 4 == 0 (true for every supported N).
+// v6: one item per (step s, group of CW columns j..j+CW−1 and their partners j+N/2..), all R rank rows inside.
+//   Pass 1 copies the raw bf16 q/k of all the thread's items and ranks straight into Qb/Kb with cp.async (no
+//   registers, every load in flight at once: one L2 round trip per chunk for any R; v4 needed one per item per
+//   4 ranks and held 16 registers of loads). Pass 2 reads them back in place (each thread only touches the
+//   elements it copied itself, so cp.async.wait_all is enough: no barrier), adds the bias, rotates (sin/cos once
+//   per step and column) and writes bf16 back. CW = 4 (8-byte copies, Lc·N/8 items) in mimo_fwd / mimo_bwd_fwd
+//   when that still gives each of the 256 threads an item (N=128 at Lc=16), else CW = 2 (4-byte copies, Lc·N/4
+//   items; also mimo_bwd_bwd's 512 threads). Needs N_ang % CW == 0 and (N/2) % CW == 0 (true for every supported
+//   N and rope fraction) and q/k base pointers aligned to 8 bytes (cudaMalloc / the 256-byte arena).
+//   Measured (v6, H100, bar shape): mimo_fwd −4.3 %, mimo_bwd_fwd −4.7 % vs v5 (docs/perf/mimo.md).
+__device__ __forceinline__ void cp_async_8(void* sdst, const void* gsrc) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 8;\n" ::"r"(smem_u32(sdst)), "l"(gsrc));
+}
+__device__ __forceinline__ void cp_async_4(void* sdst, const void* gsrc) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(smem_u32(sdst)), "l"(gsrc));
+}
+__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_all;\n" ::: "memory"); }
+
+template <int CW>
+struct QkVec;  // CW bf16 values: raw bits, fp32 unpack, bf16 pack
+template <>
+struct QkVec<4> {
+  static __device__ __forceinline__ void load(const bf16* p, float (&x)[4]) {
+    const uint2 u = *reinterpret_cast<const uint2*>(p);
+    x[0] = __uint_as_float(u.x << 16), x[1] = __uint_as_float(u.x & 0xffff0000u);
+    x[2] = __uint_as_float(u.y << 16), x[3] = __uint_as_float(u.y & 0xffff0000u);
+  }
+  static __device__ __forceinline__ void store(bf16* p, const float (&x)[4]) {
+    const __nv_bfloat162 lo = __floats2bfloat162_rn(x[0], x[1]), hi = __floats2bfloat162_rn(x[2], x[3]);
+    uint2 w;
+    w.x = *reinterpret_cast<const uint32_t*>(&lo);
+    w.y = *reinterpret_cast<const uint32_t*>(&hi);
+    *reinterpret_cast<uint2*>(p) = w;
+  }
+  static __device__ __forceinline__ void bias(const float* p, float (&x)[4]) {
+    const float4 v = *reinterpret_cast<const float4*>(p);
+    x[0] += v.x, x[1] += v.y, x[2] += v.z, x[3] += v.w;
+  }
+  static __device__ __forceinline__ void copy(bf16* sdst, const bf16_bits* gsrc) { cp_async_8(sdst, gsrc); }
+  static __device__ __forceinline__ void angles(const float* p, float (&th)[4]) {
+    const float4 v = __ldg(reinterpret_cast<const float4*>(p));
+    th[0] = v.x, th[1] = v.y, th[2] = v.z, th[3] = v.w;
+  }
+};
+template <>
+struct QkVec<2> {
+  static __device__ __forceinline__ void load(const bf16* p, float (&x)[2]) {
+    const uint32_t u = *reinterpret_cast<const uint32_t*>(p);
+    x[0] = __uint_as_float(u << 16), x[1] = __uint_as_float(u & 0xffff0000u);
+  }
+  static __device__ __forceinline__ void store(bf16* p, const float (&x)[2]) { st_bf16x2(p, x[0], x[1]); }
+  static __device__ __forceinline__ void bias(const float* p, float (&x)[2]) {
+    const float2 v = *reinterpret_cast<const float2*>(p);
+    x[0] += v.x, x[1] += v.y;
+  }
+  static __device__ __forceinline__ void copy(bf16* sdst, const bf16_bits* gsrc) { cp_async_4(sdst, gsrc); }
+  static __device__ __forceinline__ void angles(const float* p, float (&th)[2]) {
+    const float2 v = __ldg(reinterpret_cast<const float2*>(p));
+    th[0] = v.x, th[1] = v.y;
+  }
+};
+
 template <int NTH = kThreads, int CW = 2>
 __device__ inline void load_qk_rot(const KParams& kp, int b, int h, int t0, const float* qbias, const float* kbias,
                                    bf16* Qb, bf16* Kb) {
   static_assert(CW == 2 || CW == 4, "load_qk_rot: CW must be 2 or 4");
+  using Vec = QkVec<CW>;
   const MimoDims& d = kp.d;
   const int N = d.N, half = N / 2, ldq = N + 8, R = d.R, G = d.G;
   const int g = h / (d.H / G);
   const int lcols = CW == 4 ? kp.lN4 - 1 : kp.lN4;  // log2(items per step): N/8 or N/4
   const int items = d.Lc << lcols;
+  const int lR = kp.lR;
+  // pass 1: raw q/k → Qb/Kb (cp.async), and the first item's angles into registers
+  float th0[CW];
+#pragma unroll
+  for (int c = 0; c < CW; ++c) th0[c] = 0.f;
+#pragma unroll 1
+  for (int it = threadIdx.x; it < items; it += NTH) {
+    const int s = it >> lcols, j = (it & ((1 << lcols) - 1)) * CW, t = t0 + s;
+    const size_t row0 = (static_cast<size_t>(b) * d.S + t) * R * G + g;
+    for (int r = 0; r < R; ++r) {
+      const int i = (s << lR) + r;
+      const size_t row = (row0 + static_cast<size_t>(r) * G) * N + j;
+      Vec::copy(Qb + i * ldq + j, kp.in.q + row);
+      Vec::copy(Qb + i * ldq + j + half, kp.in.q + row + half);
+      Vec::copy(Kb + i * ldq + j, kp.in.k + row);
+      Vec::copy(Kb + i * ldq + j + half, kp.in.k + row + half);
+    }
+    if (it == static_cast<int>(threadIdx.x) && j < d.n_ang)
+      Vec::angles(kp.in.angles + ((static_cast<size_t>(b) * d.S + t) * d.H + h) * d.n_ang + j, th0);
+  }
+  cp_async_wait_all();
+  // pass 2: bias + rotation in place
 #pragma unroll 1
   for (int it = threadIdx.x; it < items; it += NTH) {
     const int s = it >> lcols, j = (it & ((1 << lcols) - 1)) * CW, t = t0 + s;
     const bool rot = j < d.n_ang;
-    const size_t row0 = (static_cast<size_t>(b) * d.S + t) * R * G + g;
-    if constexpr (CW == 4) {
-      float4 th = make_float4(0.f, 0.f, 0.f, 0.f);
-      if (rot)
-        th = __ldg(reinterpret_cast<const float4*>(kp.in.angles +
-                                                   ((static_cast<size_t>(b) * d.S + t) * d.H + h) * d.n_ang + j));
-      float sn[4] = {0.f, 0.f, 0.f, 0.f}, cs[4] = {1.f, 1.f, 1.f, 1.f};
-      for (int r0 = 0; r0 < R; r0 += 2) {  // ranks in pairs (registers: 16 words of q/k in flight, as v4)
-        uint2 uq1[2], uq2[2], uk1[2], uk2[2];
+    float sn[CW], cs[CW];
 #pragma unroll
-        for (int u = 0; u < 2; ++u) {
-          if (r0 + u < R) {
-            const size_t row = (row0 + static_cast<size_t>(r0 + u) * G) * N + j;
-            uq1[u] = __ldg(reinterpret_cast<const uint2*>(kp.in.q + row));
-            uq2[u] = __ldg(reinterpret_cast<const uint2*>(kp.in.q + row + half));
-            uk1[u] = __ldg(reinterpret_cast<const uint2*>(kp.in.k + row));
-            uk2[u] = __ldg(reinterpret_cast<const uint2*>(kp.in.k + row + half));
-          }
-        }
-        if (rot && r0 == 0) {
-          fast_sincos(th.x, &sn[0], &cs[0]);
-          fast_sincos(th.y, &sn[1], &cs[1]);
-          fast_sincos(th.z, &sn[2], &cs[2]);
-          fast_sincos(th.w, &sn[3], &cs[3]);
-        }
+    for (int c = 0; c < CW; ++c) sn[c] = 0.f, cs[c] = 1.f;
+    if (rot) {
+      float th[CW];
+      if (it == static_cast<int>(threadIdx.x)) {
 #pragma unroll
-        for (int u = 0; u < 2; ++u) {
-          const int r = r0 + u;
-          if (r < R) {
-            const int i = s * R + r;
-            const float4 bq1 = *reinterpret_cast<const float4*>(qbias + r * N + j);
-            const float4 bq2 = *reinterpret_cast<const float4*>(qbias + r * N + j + half);
-            const float4 bk1 = *reinterpret_cast<const float4*>(kbias + r * N + j);
-            const float4 bk2 = *reinterpret_cast<const float4*>(kbias + r * N + j + half);
-            // x1[c], x2[c]: the pair (j + c, j + c + N/2), bias added
-            float q1[4] = {__uint_as_float(uq1[u].x << 16) + bq1.x, __uint_as_float(uq1[u].x & 0xffff0000u) + bq1.y,
-                           __uint_as_float(uq1[u].y << 16) + bq1.z, __uint_as_float(uq1[u].y & 0xffff0000u) + bq1.w};
-            float q2[4] = {__uint_as_float(uq2[u].x << 16) + bq2.x, __uint_as_float(uq2[u].x & 0xffff0000u) + bq2.y,
-                           __uint_as_float(uq2[u].y << 16) + bq2.z, __uint_as_float(uq2[u].y & 0xffff0000u) + bq2.w};
-            float k1[4] = {__uint_as_float(uk1[u].x << 16) + bk1.x, __uint_as_float(uk1[u].x & 0xffff0000u) + bk1.y,
-                           __uint_as_float(uk1[u].y << 16) + bk1.z, __uint_as_float(uk1[u].y & 0xffff0000u) + bk1.w};
-            float k2[4] = {__uint_as_float(uk2[u].x << 16) + bk2.x, __uint_as_float(uk2[u].x & 0xffff0000u) + bk2.y,
-                           __uint_as_float(uk2[u].y << 16) + bk2.z, __uint_as_float(uk2[u].y & 0xffff0000u) + bk2.w};
-            if (rot) {
-#pragma unroll
-              for (int c = 0; c < 4; ++c) {
-                float a, bb;
-                a = cs[c] * q1[c] - sn[c] * q2[c], bb = sn[c] * q1[c] + cs[c] * q2[c], q1[c] = a, q2[c] = bb;
-                a = cs[c] * k1[c] - sn[c] * k2[c], bb = sn[c] * k1[c] + cs[c] * k2[c], k1[c] = a, k2[c] = bb;
-              }
-            }
-            auto st4 = [](bf16* p, const float (&x)[4]) {
-              __nv_bfloat162 lo = __floats2bfloat162_rn(x[0], x[1]), hi = __floats2bfloat162_rn(x[2], x[3]);
-              uint2 w;
-              w.x = *reinterpret_cast<const uint32_t*>(&lo);
-              w.y = *reinterpret_cast<const uint32_t*>(&hi);
-              *reinterpret_cast<uint2*>(p) = w;
-            };
-            st4(Qb + i * ldq + j, q1);
-            st4(Qb + i * ldq + j + half, q2);
-            st4(Kb + i * ldq + j, k1);
-            st4(Kb + i * ldq + j + half, k2);
-          }
-        }
+        for (int c = 0; c < CW; ++c) th[c] = th0[c];
+      } else {
+        Vec::angles(kp.in.angles + ((static_cast<size_t>(b) * d.S + t) * d.H + h) * d.n_ang + j, th);
       }
-    } else {
-      float2 th = make_float2(0.f, 0.f);
-      if (rot)
-        th = __ldg(reinterpret_cast<const float2*>(kp.in.angles + ((static_cast<size_t>(b) * d.S + t) * d.H + h) * d.n_ang + j));
-      float s0 = 0.f, c0 = 1.f, s1 = 0.f, c1 = 1.f;
-      for (int r0 = 0; r0 < R; r0 += 4) {  // ranks in groups of 4: one load round trip per group
-        uint32_t uq1[4], uq2[4], uk1[4], uk2[4];
 #pragma unroll
-        for (int u = 0; u < 4; ++u) {
-          if (r0 + u < R) {
-            const size_t row = (row0 + static_cast<size_t>(r0 + u) * G) * N + j;
-            uq1[u] = __ldg(reinterpret_cast<const unsigned int*>(kp.in.q + row));
-            uq2[u] = __ldg(reinterpret_cast<const unsigned int*>(kp.in.q + row + half));
-            uk1[u] = __ldg(reinterpret_cast<const unsigned int*>(kp.in.k + row));
-            uk2[u] = __ldg(reinterpret_cast<const unsigned int*>(kp.in.k + row + half));
+      for (int c = 0; c < CW; ++c) fast_sincos(th[c], &sn[c], &cs[c]);
+    }
+#pragma unroll 1
+    for (int r = 0; r < R; ++r) {
+      const int i = (s << lR) + r;
+#pragma unroll
+      for (int which = 0; which < 2; ++which) {  // q̄ then k̄
+        bf16* X = which ? Kb : Qb;
+        const float* bias = (which ? kbias : qbias) + r * N;
+        float x1[CW], x2[CW];
+        Vec::load(X + i * ldq + j, x1);
+        Vec::load(X + i * ldq + j + half, x2);
+        Vec::bias(bias + j, x1);
+        Vec::bias(bias + j + half, x2);
+        if (rot) {
+#pragma unroll
+          for (int c = 0; c < CW; ++c) {
+            const float a = cs[c] * x1[c] - sn[c] * x2[c], bb = sn[c] * x1[c] + cs[c] * x2[c];
+            x1[c] = a, x2[c] = bb;
           }
         }
-        if (rot && r0 == 0) {
-          fast_sincos(th.x, &s0, &c0);
-          fast_sincos(th.y, &s1, &c1);
-        }
-#pragma unroll
-        for (int u = 0; u < 4; ++u) {
-          const int r = r0 + u;
-          if (r < R) {
-            const int i = s * R + r;
-            const float* qbr = qbias + r * N;
-            const float* kbr = kbias + r * N;
-            float2 q1 = make_float2(__uint_as_float(uq1[u] << 16), __uint_as_float(uq1[u] & 0xffff0000u));
-            float2 q2 = make_float2(__uint_as_float(uq2[u] << 16), __uint_as_float(uq2[u] & 0xffff0000u));
-            float2 k1 = make_float2(__uint_as_float(uk1[u] << 16), __uint_as_float(uk1[u] & 0xffff0000u));
-            float2 k2 = make_float2(__uint_as_float(uk2[u] << 16), __uint_as_float(uk2[u] & 0xffff0000u));
-            q1.x += qbr[j], q1.y += qbr[j + 1], q2.x += qbr[j + half], q2.y += qbr[j + half + 1];
-            k1.x += kbr[j], k1.y += kbr[j + 1], k2.x += kbr[j + half], k2.y += kbr[j + half + 1];
-            if (rot) {
-              float a, bb;
-              a = c0 * q1.x - s0 * q2.x, bb = s0 * q1.x + c0 * q2.x, q1.x = a, q2.x = bb;
-              a = c1 * q1.y - s1 * q2.y, bb = s1 * q1.y + c1 * q2.y, q1.y = a, q2.y = bb;
-              a = c0 * k1.x - s0 * k2.x, bb = s0 * k1.x + c0 * k2.x, k1.x = a, k2.x = bb;
-              a = c1 * k1.y - s1 * k2.y, bb = s1 * k1.y + c1 * k2.y, k1.y = a, k2.y = bb;
-            }
-            st_bf16x2(Qb + i * ldq + j, q1.x, q1.y);
-            st_bf16x2(Qb + i * ldq + j + half, q2.x, q2.y);
-            st_bf16x2(Kb + i * ldq + j, k1.x, k1.y);
-            st_bf16x2(Kb + i * ldq + j + half, k2.x, k2.y);
-          }
-        }
+        Vec::store(X + i * ldq + j, x1);
+        Vec::store(X + i * ldq + j + half, x2);
       }
     }
   }

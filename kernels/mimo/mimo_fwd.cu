@@ -4,8 +4,8 @@
 // trap (B,H,S) bf16; angles (B,S,H,N_ang) fp32 cumulative; params fp32. Grid (H,B), 256 threads.
 // Saved for backward: nothing but the inputs (like upstream); optionally the PsiV cache (B,H,S,R,P) bf16 that the
 // backward kernels then read instead of recomputing x·Ψ, and the final state (B,H,N,P) fp32.
-// Resources (v4, ptxas, sm_90a): NT=4 instance (N·P ≤ 8192): 118 regs, __launch_bounds__(256,2) → 2 CTAs/SM, no
-// spills; NT=8 instance: 150 regs, 1 CTA/SM. Dynamic smem fwd_layout(): 112,640 B at N=128,P=64,M=64. 66/42 HMMA in SASS.
+// Resources (v6, ptxas, sm_90a): NT=4 instance (N·P ≤ 8192): 114 regs, __launch_bounds__(256,2) → 2 CTAs/SM, no
+// spills; NT=8 instance: 166 regs, 1 CTA/SM. Dynamic smem fwd_layout(): 112,640 B at N=128,P=64,M=64. 66/42 HMMA in SASS.
 #include "kernels/common/cuda_check.hpp"
 #include "kernels/mimo/mimo_fwd_core.cuh"
 

@@ -69,7 +69,12 @@ __global__ void __launch_bounds__(kThreads, (NT <= 4) ? 2 : 1) mimo_fwd_kernel(c
       __syncwarp();
       step_weights(sc, W, Lc);
     }
-    load_qk_rot<kThreads, 4>(kp, b, h, t0, qbias, kbias, Qb, Kb);
+    // v6: 4 columns per q̄/k̄ item when that still gives every thread an item (N=128, Lc=16: 256 items), else 2
+    // (N=64: 256 items of 2 columns instead of 128 of 4, which left half the CTA idle in this phase: +2 % measured).
+    if ((Lc << (kp.lN4 - 1)) >= kThreads)
+      load_qk_rot<kThreads, 4>(kp, b, h, t0, qbias, kbias, Qb, Kb);
+    else
+      load_qk_rot<kThreads, 2>(kp, b, h, t0, qbias, kbias, Qb, Kb);
     __syncthreads();
     // V, Vd (and the PsiV cache in the forward); states for the backward.
     {
