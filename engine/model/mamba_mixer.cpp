@@ -30,6 +30,7 @@ MambaMixer<T>::MambaMixer(const Recipe& r, ParamStore<T>& ps, const std::string&
   H_ = Hf / tp, G_ = Gf / tp, d_inner_ = H_ * P_;
   d_in_proj_ = 2 * d_inner_ + 2 * G_ * R_ * N_ + 3 * H_;
   a_floor_ = m.mamba.a_floor;
+  rope_fraction_ = m.mamba.rope_fraction;
   norm_eps_ = m.norm_eps;
   act_ = mimo::prep::parse_a_activation(m.mamba.a_activation);
   if (m.mamba.outproj_norm)
@@ -73,6 +74,7 @@ MambaMixer<T>::MambaMixer(const Recipe& r, ParamStore<T>& ps, const std::string&
 template <typename T>
 mimo::MimoShape MambaMixer<T>::shape(int64_t B, int64_t S) const {
   mimo::MimoShape s{B, S, H_, G_, N_, P_, R_, L_};
+  s.rope_fraction = rope_fraction_;  // the angle count (n_ang_) follows the recipe: so must the scan
   return s;
 }
 

@@ -39,7 +39,7 @@ class MambaMixer final : public Block<T> {
   ParamStore<T>* ps_ = nullptr;
   const ModelParallel* mp_ = nullptr;
   int64_t hidden_, H_, P_, G_, R_, N_, L_, n_ang_, d_inner_, d_in_proj_;
-  double a_floor_, norm_eps_;
+  double a_floor_, norm_eps_, rope_fraction_ = 0.5;
   mimo::prep::AActivation act_;
   int w_in_, w_ang_, w_out_, dt_bias_, b_bias_, c_bias_, b_norm_, c_norm_, psi_, zeta_, phi_, d_;
   // saved activations

@@ -85,6 +85,9 @@ void check_model_gradients(const Recipe& r, int per_tensor, double tol) {
 TEST(ModelGrad, DenseBlockSwiGLU) { check_model_gradients(tiny_recipe("D", 1), 12, 1e-6); }
 TEST(ModelGrad, DenseBlockRelu2) { check_model_gradients(tiny_recipe("D", 1, {"model.mlp.activation=relu2"}), 12, 1e-6); }
 TEST(ModelGrad, MambaBlock) { check_model_gradients(tiny_recipe("M", 1), 10, 1e-6); }
+TEST(ModelGrad, MambaBlockFullRope) {
+  check_model_gradients(tiny_recipe("M", 1, {"model.mamba.rope_fraction=1.0"}), 8, 1e-6);
+}
 TEST(ModelGrad, MambaBlockHeavyTailA) {
   check_model_gradients(tiny_recipe("M", 1, {"model.mamba.a_activation=heavy_tail"}), 8, 1e-6);
 }
