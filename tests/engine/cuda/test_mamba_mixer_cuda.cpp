@@ -25,6 +25,7 @@ namespace {
 struct MShape {
   int hidden = 256, head_dim = 64, state_dim = 64, expand = 2, ngroups = 1, rank = 4, chunk = 16;
   std::string a_activation = "softplus";
+  double rope_fraction = 0.5;
   bool psiv = false;
 };
 
@@ -34,12 +35,13 @@ std::string m_yaml(const MShape& s) {
          "\n    state_dim: " + std::to_string(s.state_dim) + "\n    expand: " + std::to_string(s.expand) +
          "\n    ngroups: " + std::to_string(s.ngroups) + "\n    mimo_rank: " + std::to_string(s.rank) +
          "\n    chunk_size: " + std::to_string(s.chunk) + "\n    a_activation: " + s.a_activation +
+         "\n    rope_fraction: " + (s.rope_fraction == 1.0 ? "1.0" : "0.5") +
          "\nfeatures:\n  psiv_cache: " + (s.psiv ? "true" : "false") + "\n";
 }
 
 Recipe m_recipe(const MShape& s) {
   return block_test_recipe("M-N" + std::to_string(s.state_dim) + "-R" + std::to_string(s.rank) + "-G" +
-                               std::to_string(s.ngroups) + (s.psiv ? "-psiv" : ""),
+                               std::to_string(s.ngroups) + (s.psiv ? "-psiv" : "") + (s.rope_fraction == 1.0 ? "-rope1" : ""),
                            m_yaml(s));
 }
 
@@ -83,6 +85,14 @@ TEST(CudaMambaMixer, N128R2Chunk32MatchesCpu) {
     s.psiv = psiv;
     run_case(s, 2, 128);
   }
+}
+
+// rope_fraction 1: every state pair rotates (twice the angles of the default 0.5).
+TEST(CudaMambaMixer, FullRopeMatchesCpu) {
+  MEGACPP_REQUIRE_GPU();
+  MShape s;
+  s.rope_fraction = 1.0;
+  run_case(s, 2, 128);
 }
 
 // hidden 96 → H = 6 heads, d_in_proj = 914 (not a multiple of 8): the glue's 4-byte copy path; R = 8, chunk 8.
