@@ -61,6 +61,18 @@ class CudaModel final : public DeviceModel {
  public:
   CudaModel(const Recipe& r, int64_t mbs, int64_t seq_len, uint64_t seed)
       : r_(r), maxB_(mbs), S_(seq_len), C_(r.model.hidden), V_(r.model.vocab) {
+    try {
+      build(r, seed);
+    } catch (...) {
+      release();  // a refused letter or shape (train.device=auto falls back to the CPU): free what was taken
+      throw;
+    }
+  }
+
+  ~CudaModel() override { release(); }
+
+ private:
+  void build(const Recipe& r, uint64_t seed) {
     if (!gpu_available()) throw std::runtime_error("train.device=cuda: no usable GPU (" + gpu_runtime().why_not + ")");
     if (C_ % 8 != 0)
       throw std::runtime_error("model.hidden=" + std::to_string(C_) + ": the CUDA backend needs a multiple of 8");
@@ -143,18 +155,22 @@ class CudaModel final : public DeviceModel {
       for (auto& e : *v) MEGACPP_CUDA_CHECK(cudaEventCreate(&e));
   }
 
-  ~CudaModel() override {
+  void release() {
     if (st_) cudaStreamSynchronize(st_);
     for (auto* v : {&ev_fwd_, &ev_bwd_, &ev_embed_, &ev_head_, &ev_opt_})
-      for (auto& e : *v) cudaEventDestroy(e);
-    for (void* p : {static_cast<void*>(master_), static_cast<void*>(shadow_), static_cast<void*>(grad_),
-                    static_cast<void*>(m_), static_cast<void*>(v_), static_cast<void*>(mask_),
-                    static_cast<void*>(gn_ws_), static_cast<void*>(gn_out_), static_cast<void*>(clip_scale_)})
-      if (p) cudaFree(p);
-    if (host_tok_) cudaFreeHost(host_tok_);
-    if (host_loss_) cudaFreeHost(host_loss_);
-    if (st_) cudaStreamDestroy(st_);
+      for (auto& e : *v)
+        if (e) cudaEventDestroy(e), e = nullptr;
+    for (void** p : {reinterpret_cast<void**>(&master_), reinterpret_cast<void**>(&shadow_), reinterpret_cast<void**>(&grad_),
+                     reinterpret_cast<void**>(&m_), reinterpret_cast<void**>(&v_), reinterpret_cast<void**>(&mask_),
+                     reinterpret_cast<void**>(&gn_ws_), reinterpret_cast<void**>(&gn_out_),
+                     reinterpret_cast<void**>(&clip_scale_)})
+      if (*p) cudaFree(*p), *p = nullptr;
+    if (host_tok_) cudaFreeHost(host_tok_), host_tok_ = nullptr;
+    if (host_loss_) cudaFreeHost(host_loss_), host_loss_ = nullptr;
+    if (st_) cudaStreamDestroy(st_), st_ = nullptr;
   }
+
+ public:
 
   int64_t numel() const override { return N_; }
   std::vector<std::string> layer_names() const override { return names_; }

@@ -179,5 +179,22 @@ TEST(CudaModel, NcclWorldOfOneReducesDeviceGradientsAndHostScalars) {
   EXPECT_GT(comm->stats()[static_cast<std::size_t>(CollKind::all_reduce)].calls, 2);
 }
 
+// train.device=auto with a letter the CUDA backend refuses (M²RNN value_dim 8; its kernels take 16):
+// the run goes to the CPU reference backend and the receipt says why — never a silent switch. (The
+// refusal comes after the parameter buffers were allocated: the partly built CUDA model frees them.)
+TEST(CudaModel, AutoFallsBackToTheCpuAndRecordsWhy) {
+  MEGACPP_REQUIRE_GPU();
+  const auto root = test::scratch_dir("cuda-auto-fallback");
+  const auto run = test::train_in_process(tiny(root, {"model.pattern=MR", "model.m2rnn.key_dim=16", "model.m2rnn.value_dim=8",
+                                                      "train.steps=2", "train.eval_every=0", "train.device=auto",
+                                                      "train.precision=bf16"}));
+  ASSERT_EQ(run.code, 0);
+  const auto& dev = run.doc["features"]["device"];
+  EXPECT_EQ(dev["requested"], "auto");
+  EXPECT_EQ(dev["observed"], "cpu");
+  EXPECT_NE(dev["reason"].get<std::string>().find("value_dim"), std::string::npos) << dev.dump();
+  EXPECT_EQ(run.training["backend"], "cpu");
+}
+
 }  // namespace
 }  // namespace megacpp
