@@ -24,11 +24,9 @@
 // per-expert counts (its GEMM shapes are host-side); record() says so ("host_syncs_per_forward": 1).
 //
 // Auxiliary losses. The CPU twin's backward differentiates <dy,y> + s·(L_aux + L_z) with s from
-// set_aux_scale (Model::run passes grad_scale·B·S). MoeBlockGpu bakes aux_coef/z_coef into its config and
-// has no setter: backward sets its config's coefficients to base·s for the duration of the backward call
-// (the object reads them when it launches its router-backward kernel) and restores them at once, so
-// stats()/aux_losses() keep reporting the unscaled losses like the twin. The test checks this scaling
-// against the twin with s ≠ 1.
+// set_aux_scale (Model::run passes grad_scale·B·S); MoeBlockGpu::backward takes s (aux_grad_scale) and
+// scales only the gradient, so stats()/aux_losses() keep reporting the unscaled losses like the twin.
+// The test checks this scaling against the twin with s ≠ 1.
 //
 // Token count: MoeBlockGpu is sized for a fixed T (its slot count and sort chunks are fixed at construction):
 // forward/backward accept only B·S = max_tokens and throw otherwise (a smaller micro-batch would need a
@@ -81,7 +79,6 @@ class MoeBlockCuda final : public DeviceBlock {
     } catch (const std::exception& e) {
       throw std::runtime_error(std::string("model.moe on the CUDA backend: ") + e.what());
     }
-    base_aux_ = cfg_.aux_coef, base_z_ = cfg_.z_coef;
 
     // Parameters by the twin's names; element counts = moe.hpp's layouts.
     const moe::MoeParamSizes sz = moe::param_sizes(cfg_);
@@ -150,19 +147,9 @@ class MoeBlockCuda final : public DeviceBlock {
       seg[nseg++] = moe::GradAddSeg{p_.g(i), dst, p_.numel(i)};
     };
     take(router_, g.router), take(w1_, g.w1), take(w2_, g.w2), take(s1_, g.s1), take(s2_, g.s2);
-
-    // The auxiliary terms' gradient scaled like the twin's (aux_coef·s, z_coef·s) for this call only.
-    auto& c = const_cast<moe::MoeConfig&>(moe_->config());
-    c.aux_coef = base_aux_ * aux_scale_;
-    c.z_coef = base_z_ * aux_scale_;
     enter(st);
-    try {
-      moe_->backward(x_, params(), dy, dx, g);  // dx and the scratch gradients are overwritten
-    } catch (...) {
-      c.aux_coef = base_aux_, c.z_coef = base_z_;
-      throw;
-    }
-    c.aux_coef = base_aux_, c.z_coef = base_z_;
+    // The auxiliary terms' gradient scaled like the twin's; dx and the scratch gradients are overwritten.
+    moe_->backward(x_, params(), dy, dx, g, aux_scale_);
     leave(st);
     moe::grad_add_segments(seg, nseg, st);  // grad views += scratch (deterministic, on the caller's stream)
   }
@@ -226,7 +213,7 @@ class MoeBlockCuda final : public DeviceBlock {
   std::string prefix_, requested_;
   moe::Path path_ = moe::Path::Fused;
   moe::MoeConfig cfg_;
-  double base_aux_ = 0, base_z_ = 0, aux_scale_ = 1.0;
+  double aux_scale_ = 1.0;
   int router_ = -1, w1_ = -1, w2_ = -1, s1_ = -1, s2_ = -1;
   std::size_t grad_scratch_bytes_ = 0;
   int64_t object_bytes_ = 0;

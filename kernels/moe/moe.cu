@@ -1003,7 +1003,8 @@ struct MoeBlockGpu::Impl {
     }
   }
 
-  void backward(const bf16* x, const MoeParamsDev& p, const bf16* dy, bf16* dx, const MoeGradsDev& g) {
+  void backward(const bf16* x, const MoeParamsDev& p, const bf16* dy, bf16* dx, const MoeGradsDev& g,
+                double aux_grad_scale) {
     if (!have_forward) throw std::logic_error("moe: backward before forward");
     const int T = (int)c.tokens, H = (int)c.hidden, K = (int)c.top_k, E = (int)c.experts;
     // Dispatch-side work (combine backward, router backward) needs only dy and the saved routing: with
@@ -1028,8 +1029,9 @@ struct MoeBlockGpu::Impl {
     }
     // router
     k_router_bwd<<<blocks_for(T, 128), 128, 0, ss>>>(dw, logits, probs, lse, topk_e, topk_w, counts, T, E, K,
-                                                     c.score == Score::Sigmoid, c.renorm, (float)c.aux_coef,
-                                                     (float)c.z_coef, dz);
+                                                     c.score == Score::Sigmoid, c.renorm,
+                                                     (float)(c.aux_coef * aux_grad_scale),
+                                                     (float)(c.z_coef * aux_grad_scale), dz);
     MEGACPP_CUDA_CHECK_LAUNCH();
     const int tch = (T + kRouterTChunk - 1) / kRouterTChunk;
     k_router_wgrad<<<dim3((H + 127) / 128, (E + 15) / 16, tch), 128, 0, ss>>>(dz, x, T, E, H, router_part);
@@ -1059,8 +1061,9 @@ MoeBlockGpu::MoeBlockGpu(const MoeConfig& c, Path path, cudaStream_t stream, con
 MoeBlockGpu::~MoeBlockGpu() = default;
 
 void MoeBlockGpu::forward(const bf16* x, const MoeParamsDev& p, bf16* y) { d_->forward(x, p, y); }
-void MoeBlockGpu::backward(const bf16* x, const MoeParamsDev& p, const bf16* dy, bf16* dx, const MoeGradsDev& g) {
-  d_->backward(x, p, dy, dx, g);
+void MoeBlockGpu::backward(const bf16* x, const MoeParamsDev& p, const bf16* dy, bf16* dx, const MoeGradsDev& g,
+                           double aux_grad_scale) {
+  d_->backward(x, p, dy, dx, g, aux_grad_scale);
 }
 void MoeBlockGpu::forward_expert_gemms_only(const bf16* x, const MoeParamsDev& p) {
   if (!d_->have_forward) throw std::logic_error("moe: gemm replay before forward");

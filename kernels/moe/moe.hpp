@@ -73,8 +73,10 @@ class MoeBlockGpu {
   // y = MoE(x). Synchronises the host once on the per-expert counts (16 ints) after routing, while the
   // shared-expert GEMMs run. Keeps what backward needs.
   void forward(const bf16* x, const MoeParamsDev& p, bf16* y);
-  // dx and all weight gradients of L = <dy,y> + aux + z-loss, for the last forward's routing.
-  void backward(const bf16* x, const MoeParamsDev& p, const bf16* dy, bf16* dx, const MoeGradsDev& g);
+  // dx and all weight gradients of L = <dy,y> + s·(aux + z-loss), for the last forward's routing;
+  // s = aux_grad_scale (the training loop weights the auxiliary terms like the micro-batch's tokens).
+  void backward(const bf16* x, const MoeParamsDev& p, const bf16* dy, bf16* dx, const MoeGradsDev& g,
+                double aux_grad_scale = 1.0);
 
   // Bench: replay only the expert GEMMs (routed + shared) of the last forward / backward, same pointers.
   void forward_expert_gemms_only(const bf16* x, const MoeParamsDev& p);
