@@ -207,19 +207,7 @@ void M2rnnBlock<T>::tp_backward(int B, int S, const std::vector<double>& dy, std
     for (int t = 0; t < S; ++t)
       for (int ch = 0; ch < C; ++ch) du[(std::size_t(b) * S + t) * P + ch] = daext[(std::size_t(b) * Tt + Wm1 + t) * C + ch];
   dxo.assign(BS * d, 0.0);
-  for (std::size_t r = 0; r < BS; ++r)
-    for (int i = 0; i < d; ++i) {
-      const double xi = x_[r * d + i];
-      const double* wr = &p.w_in[std::size_t(i) * P];
-      double* dwr = &dp.w_in[std::size_t(i) * P];
-      const double* dur = &du[r * P];
-      double a = 0;
-      for (int j = 0; j < P; ++j) {
-        dwr[j] += xi * dur[j];
-        a += dur[j] * wr[j];
-      }
-      dxo[r * d + i] = a;
-    }
+  m2rnn::input_projection_backward(x_.data(), p.w_in.data(), du.data(), BS, d, P, dp.w_in.data(), dxo.data());
   tp_all_reduce(tpm_, dxo.data(), dxo.size());  // this rank's heads' (and the partial q/k) part of dx
   const std::vector<const std::vector<double>*> src = {&dp.w_in, &dp.conv_w, &dp.A_log, &dp.dt_bias, &dp.W, &dp.D, &dp.gamma, &dp.w_out};
   for (std::size_t i = 0; i < idx_.size(); ++i) {

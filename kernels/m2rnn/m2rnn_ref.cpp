@@ -529,19 +529,7 @@ void block_backward(const BlockConfig& c, const BlockParams& p, int B, int S, co
   }
   // input projection
   std::vector<double> dxn(BS * d, 0.0);
-  for (std::size_t r = 0; r < BS; ++r)
-    for (int i = 0; i < d; ++i) {
-      const double xi = F.xn[r * d + i];
-      const double* wr = &p.w_in[std::size_t(i) * P];
-      double* dwr = &dp.w_in[std::size_t(i) * P];
-      const double* dur = &du[r * P];
-      double a = 0;
-      for (int j = 0; j < P; ++j) {
-        dwr[j] += xi * dur[j];
-        a += dur[j] * wr[j];
-      }
-      dxn[r * d + i] = a;
-    }
+  input_projection_backward(F.xn.data(), p.w_in.data(), du.data(), BS, d, P, dp.w_in.data(), dxn.data());
   // pre-norm + residual
   if (c.prenorm_residual) {
     for (std::size_t r = 0; r < BS; ++r) {
@@ -560,6 +548,23 @@ void block_backward(const BlockConfig& c, const BlockParams& p, int B, int S, co
   } else {
     g.dx = dxn;
   }
+}
+
+void input_projection_backward(const double* x, const double* w_in, const double* du, std::size_t rows, int d, int P,
+                               double* dw_in, double* dx) {
+  for (std::size_t r = 0; r < rows; ++r)
+    for (int i = 0; i < d; ++i) {
+      const double xi = x[r * d + i];
+      const double* wr = &w_in[std::size_t(i) * P];
+      double* dwr = &dw_in[std::size_t(i) * P];
+      const double* dur = &du[r * P];
+      double a = 0;
+      for (int j = 0; j < P; ++j) {
+        dwr[j] += xi * dur[j];
+        a += dur[j] * wr[j];
+      }
+      dx[r * d + i] = a;
+    }
 }
 
 }  // namespace megacpp::m2rnn

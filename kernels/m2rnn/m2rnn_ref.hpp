@@ -132,4 +132,9 @@ void block_backward(const BlockConfig& c, const BlockParams& p, int B, int S, co
                     const BlockState* state_in, const std::vector<double>& dy, const BlockState* dstate_out,
                     BlockGrads& g);
 
+// Backward of the input projection u = x·w_in (w_in [d, P], x [rows, d], du [rows, P]):
+// dx = du·w_inᵀ (overwritten), dw_in += xᵀ·du. Shared by block_backward and the model's R block.
+void input_projection_backward(const double* x, const double* w_in, const double* du, std::size_t rows, int d, int P,
+                               double* dw_in, double* dx);
+
 }  // namespace megacpp::m2rnn
