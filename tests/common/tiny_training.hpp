@@ -18,15 +18,16 @@ std::string make_cpp_corpus(const std::string& root, int files = 12);
 Recipe tiny_training_recipe(const std::string& root, const std::string& train_yaml,
                             const std::vector<std::string>& extra_sets = {});
 
-// Runs the training loop in-process and quietly, finishing the
-// receipt the way the CLI does for the exit code; returns the exit code and the receipt.
+// Runs the training loop quietly in this process: world 0 is the single-rank path (no communicator),
+// world ≥ 1 that many in-process ranks (rank 0 keeps the receipt). A run that returns 0 gets its receipt
+// finished as ok (the loop itself finishes failed and interrupted runs).
 struct TrainRun {
   int code = -1;
   nlohmann::json doc;          // the whole receipt
-  nlohmann::json training;     // its training section
-  std::string run_dir;
+  nlohmann::json tr;           // its training section
+  std::string run_dir, status;
   std::vector<double> losses;  // the per-step series
 };
-TrainRun train_in_process(const Recipe& r, TrainOptions o = {});
+TrainRun train_in_process(const Recipe& r, TrainOptions o = {}, int world = 0);
 
 }  // namespace megacpp::test

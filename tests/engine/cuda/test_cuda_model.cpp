@@ -95,8 +95,8 @@ TEST(CudaModel, FirstStepsTrackTheCpuRun) {
     l[k] = run.losses;
     EXPECT_EQ(run.doc["features"]["device"]["observed"], k ? "cuda" : "cpu");
     if (k) {
-      EXPECT_EQ(run.training["backend"], "cuda");
-      EXPECT_TRUE(run.training["cuda"]["time_ms"].contains("train fwd M"));
+      EXPECT_EQ(run.tr["backend"], "cuda");
+      EXPECT_TRUE(run.tr["cuda"]["time_ms"].contains("train fwd M"));
     }
   }
   ASSERT_EQ(l[0].size(), l[1].size());
@@ -139,7 +139,7 @@ TEST(CudaModel, RecomputeGivesTheSameLossesWithLessMemory) {
     const auto run = test::train_in_process(tiny(root, sets));
     ASSERT_EQ(run.code, 0);
     l[k] = run.losses;
-    const auto& mem = run.training["cuda"]["memory"];
+    const auto& mem = run.tr["cuda"]["memory"];
     act_mib[k] = mem["activations_mib"].get<double>() + mem["recomputed_layers_region_mib"].get<double>();
   }
   ASSERT_EQ(l[0].size(), 4u);
@@ -193,7 +193,7 @@ TEST(CudaModel, AutoFallsBackToTheCpuAndRecordsWhy) {
   EXPECT_EQ(dev["requested"], "auto");
   EXPECT_EQ(dev["observed"], "cpu");
   EXPECT_NE(dev["reason"].get<std::string>().find("value_dim"), std::string::npos) << dev.dump();
-  EXPECT_EQ(run.training["backend"], "cpu");
+  EXPECT_EQ(run.tr["backend"], "cpu");
 }
 
 }  // namespace

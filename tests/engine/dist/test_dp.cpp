@@ -35,39 +35,10 @@ Recipe tiny(const std::string& root, const std::vector<std::string>& extra = {})
                                     extra);
 }
 
-struct TrainRun {
-  int code = -1;
-  nlohmann::json tr, doc;
-  std::string run_dir, status;
-};
+using test::TrainRun;
 
 // world 0: the single-rank path (no communicator); else `world` in-process ranks.
-TrainRun train(const Recipe& r, int world, TrainOptions o = {}) {
-  o.quiet = true;
-  TrainRun out;
-  RunReceipt rc("train", {"test"});
-  rc.set_recipe(r);
-  if (world == 0) {
-    out.code = run_training(r, o, rc);
-  } else {
-    run_ranks(world, [&](Communicator& c) {
-      TrainOptions mine = o;
-      mine.comm = &c;
-      if (c.rank() == 0) {
-        out.code = run_training(r, mine, rc);
-      } else {
-        RunReceipt shadow("train", {});
-        run_training(r, mine, shadow);
-      }
-    });
-  }
-  if (out.code == 0) rc.finish_ok();
-  out.tr = rc.training();
-  out.doc = rc.doc();
-  out.run_dir = rc.run_dir();
-  out.status = rc.status();
-  return out;
-}
+TrainRun train(const Recipe& r, int world, TrainOptions o = {}) { return test::train_in_process(r, o, world); }
 
 std::vector<double> losses(const nlohmann::json& tr) {
   std::vector<double> v;

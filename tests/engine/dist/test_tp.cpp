@@ -148,34 +148,9 @@ TEST(TensorExpertParallel, ModelVariantsTp2Ep4MatchOneRankInFloat64) {
 
 // ---- 2. trainer level (fp32) -------------------------------------------------------------------
 
-struct TrainRun {
-  int code = -1;
-  nlohmann::json tr;
-};
+using test::TrainRun;
 
-TrainRun train(const Recipe& r, int world) {
-  TrainOptions o;
-  o.quiet = true;
-  TrainRun out;
-  RunReceipt rc("train", {"test"});
-  rc.set_recipe(r);
-  if (world == 0) {
-    out.code = run_training(r, o, rc);
-  } else {
-    run_ranks(world, [&](Communicator& c) {
-      TrainOptions mine = o;
-      mine.comm = &c;
-      if (c.rank() == 0) {
-        out.code = run_training(r, mine, rc);
-      } else {
-        RunReceipt shadow("train", {});
-        run_training(r, mine, shadow);
-      }
-    });
-  }
-  out.tr = rc.training();
-  return out;
-}
+TrainRun train(const Recipe& r, int world) { return test::train_in_process(r, {}, world); }
 
 std::vector<double> losses(const nlohmann::json& tr) {
   std::vector<double> v;
