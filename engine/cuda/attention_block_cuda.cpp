@@ -237,6 +237,9 @@ class AttentionCuda final : public DeviceBlock {
 
 }  // namespace
 
-std::unique_ptr<DeviceBlock> make_attention_cuda(const BlockBuild& b) { return std::make_unique<AttentionCuda>(b); }
+std::unique_ptr<DeviceBlock> make_attention_cuda(const BlockBuild& b) {
+  refuse_model_parallel(b, "A");
+  return std::make_unique<AttentionCuda>(b);
+}
 
 }  // namespace megacpp::cuda_backend

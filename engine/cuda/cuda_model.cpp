@@ -59,8 +59,8 @@ void host_to_bf16(const float* src, uint16_t* dst, std::size_t n) {
 
 class CudaModel final : public DeviceModel {
  public:
-  CudaModel(const Recipe& r, int64_t mbs, int64_t seq_len, uint64_t seed)
-      : r_(r), maxB_(mbs), S_(seq_len), C_(r.model.hidden), V_(r.model.vocab) {
+  CudaModel(const Recipe& r, int64_t mbs, int64_t seq_len, uint64_t seed, const ModelParallel& mp)
+      : r_(r), maxB_(mbs), S_(seq_len), C_(r.model.hidden), V_(r.model.vocab), mp_(mp), tp_coll_(mp.tp), ep_coll_(mp.ep) {
     try {
       build(r, seed);
     } catch (...) {
@@ -82,7 +82,8 @@ class CudaModel final : public DeviceModel {
                                std::to_string((V_ + 7) / 8 * 8) + "; the tokenizer's ids stay below it)");
     // The CPU model declares and initialises the parameters: identical names, layout and values.
     // (Sized for one chunk of tokens: its activation buffers are not used.)
-    host_ = std::make_unique<Model<float>>(r, 1, std::max<int64_t>(1, r.model.mamba.chunk_size));
+    // With tensor/expert parallelism it is this rank's shard (mp_): the same names, local shapes.
+    host_ = std::make_unique<Model<float>>(r, 1, std::max<int64_t>(1, r.model.mamba.chunk_size), mp_);
     host_->init_params(seed);
     auto& ps = host_->params();
     N_ = ps.numel();
@@ -109,6 +110,9 @@ class CudaModel final : public DeviceModel {
     MEGACPP_CUDA_CHECK(cudaMemset(grad_, 0, n * 4));
     dp_.layout = &ps, dp_.master = master_, dp_.shadow = shadow_, dp_.grad = grad_;
 
+    if (mp_.tp_size > 1)  // vocabulary-parallel embedding and LM head / cross-entropy
+      throw std::runtime_error("the CUDA backend does not support parallel.tp=" + std::to_string(mp_.tp_size) +
+                               " yet (vocabulary-parallel embedding and cross-entropy); run it on train.device=cpu");
     // Blocks and activations.
     const int64_t M = maxB_ * S_;
     const auto& layers = r.layers.layers;
@@ -121,6 +125,7 @@ class CudaModel final : public DeviceModel {
       norm_.push_back(dp_.index(prefix + "norm"));
       BlockBuild bb;
       bb.recipe = &r_, bb.params = &dp_, bb.arena = &arena_, bb.prefix = prefix, bb.max_tokens = M, bb.seq_len = S_;
+      bb.mp = &mp_, bb.tp = &tp_coll_, bb.ep = &ep_coll_;
       const char letter = block_letter(layers[static_cast<std::size_t>(l)]);
       // train.recompute: this layer's saved activations live in the region all recomputed layers share.
       const bool rc = std::find(r.train.recompute.begin(), r.train.recompute.end(), std::string(1, letter)) !=
@@ -374,6 +379,8 @@ class CudaModel final : public DeviceModel {
 
   Recipe r_;
   int64_t maxB_, S_, C_, V_, N_ = 0, L_ = 0, chunk_ = 0;
+  ModelParallel mp_;                             // this rank's TP/EP groups (default: none)
+  DeviceCollectives tp_coll_, ep_coll_;          // device-buffer collectives over them
   std::unique_ptr<Model<float>> host_;
   cudaStream_t st_ = nullptr;
   std::size_t param_bytes_ = 0;
@@ -406,7 +413,8 @@ class CudaModel final : public DeviceModel {
 }  // namespace megacpp::cuda_backend
 
 namespace megacpp {
-std::unique_ptr<DeviceModel> make_cuda_model(const Recipe& r, int64_t mbs, int64_t seq_len, uint64_t seed) {
-  return std::make_unique<cuda_backend::CudaModel>(r, mbs, seq_len, seed);
+std::unique_ptr<DeviceModel> make_cuda_model(const Recipe& r, int64_t mbs, int64_t seq_len, uint64_t seed,
+                                             const ModelParallel& mp) {
+  return std::make_unique<cuda_backend::CudaModel>(r, mbs, seq_len, seed, mp);
 }
 }  // namespace megacpp

@@ -83,6 +83,9 @@ class DenseMlpCuda final : public DeviceBlock {
 
 }  // namespace
 
-std::unique_ptr<DeviceBlock> make_dense_mlp_cuda(const BlockBuild& b) { return std::make_unique<DenseMlpCuda>(b); }
+std::unique_ptr<DeviceBlock> make_dense_mlp_cuda(const BlockBuild& b) {
+  refuse_model_parallel(b, "D");
+  return std::make_unique<DenseMlpCuda>(b);
+}
 
 }  // namespace megacpp::cuda_backend

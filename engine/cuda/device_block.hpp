@@ -24,8 +24,10 @@
 
 #include "engine/config/recipe.hpp"
 #include "engine/cuda/device_arena.hpp"
+#include "engine/cuda/device_comm.hpp"
 #include "engine/model/block.hpp"
 #include "engine/model/params.hpp"
+#include "engine/model/parallel.hpp"
 
 namespace megacpp::cuda_backend {
 
@@ -53,7 +55,17 @@ struct BlockBuild {
   std::string prefix;      // "layers.3."
   int64_t max_tokens = 0;  // mbs · seq_len
   int64_t seq_len = 0;
+  // Tensor/expert parallelism (engine/model/parallel.hpp): the layout above already holds this rank's
+  // shards (the CPU model was built with the same ModelParallel). tp/ep: collectives on device buffers
+  // over the TP and EP groups (null or size 1: none).
+  const ModelParallel* mp = nullptr;
+  DeviceCollectives* tp = nullptr;
+  DeviceCollectives* ep = nullptr;
 };
+
+// Blocks that do not implement a parallel layout yet call this in their constructor: it throws
+// "block X on the CUDA backend does not support tp=…/ep=… yet" when `b.mp` is active.
+void refuse_model_parallel(const BlockBuild& b, const char* block);
 
 class DeviceBlock {
  public:

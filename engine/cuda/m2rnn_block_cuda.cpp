@@ -265,6 +265,9 @@ class M2rnnCuda final : public DeviceBlock {
 
 }  // namespace
 
-std::unique_ptr<DeviceBlock> make_m2rnn_cuda(const BlockBuild& b) { return std::make_unique<M2rnnCuda>(b); }
+std::unique_ptr<DeviceBlock> make_m2rnn_cuda(const BlockBuild& b) {
+  refuse_model_parallel(b, "R");
+  return std::make_unique<M2rnnCuda>(b);
+}
 
 }  // namespace megacpp::cuda_backend

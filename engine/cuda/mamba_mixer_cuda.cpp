@@ -279,6 +279,9 @@ class MambaMixerCuda final : public DeviceBlock {
 
 }  // namespace
 
-std::unique_ptr<DeviceBlock> make_mamba_mixer_cuda(const BlockBuild& b) { return std::make_unique<MambaMixerCuda>(b); }
+std::unique_ptr<DeviceBlock> make_mamba_mixer_cuda(const BlockBuild& b) {
+  refuse_model_parallel(b, "M");
+  return std::make_unique<MambaMixerCuda>(b);
+}
 
 }  // namespace megacpp::cuda_backend

@@ -227,6 +227,9 @@ class MoeBlockCuda final : public DeviceBlock {
 
 }  // namespace
 
-std::unique_ptr<DeviceBlock> make_moe_cuda(const BlockBuild& b) { return std::make_unique<MoeBlockCuda>(b); }
+std::unique_ptr<DeviceBlock> make_moe_cuda(const BlockBuild& b) {
+  refuse_model_parallel(b, "E");
+  return std::make_unique<MoeBlockCuda>(b);
+}
 
 }  // namespace megacpp::cuda_backend

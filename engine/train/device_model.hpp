@@ -17,6 +17,7 @@
 #include "engine/dist/communicator.hpp"
 #include "engine/model/block.hpp"
 #include "engine/model/params.hpp"
+#include "engine/model/parallel.hpp"
 
 namespace megacpp {
 
@@ -60,6 +61,9 @@ class DeviceModel {
 // Builds the CUDA model for mbs × seq_len tokens with the CPU model's initialisation from `seed`.
 // Throws std::runtime_error naming what is not supported on the CUDA backend (a letter, a shape, a
 // build without CUDA, no GPU).
-std::unique_ptr<DeviceModel> make_cuda_model(const Recipe& r, int64_t mbs, int64_t seq_len, uint64_t seed);
+// `mp`: this rank's tensor/expert-parallel groups (engine/model/parallel.hpp); the model then holds this
+// rank's shard of every parameter, exactly as the CPU Model built with the same `mp` does.
+std::unique_ptr<DeviceModel> make_cuda_model(const Recipe& r, int64_t mbs, int64_t seq_len, uint64_t seed,
+                                             const ModelParallel& mp = {});
 
 }  // namespace megacpp

@@ -5,7 +5,7 @@
 
 namespace megacpp {
 
-std::unique_ptr<DeviceModel> make_cuda_model(const Recipe&, int64_t, int64_t, uint64_t) {
+std::unique_ptr<DeviceModel> make_cuda_model(const Recipe&, int64_t, int64_t, uint64_t, const ModelParallel&) {
   throw std::runtime_error("this megacpp was built without CUDA (MEGACPP_WITH_CUDA=OFF): no CUDA training backend");
 }
 

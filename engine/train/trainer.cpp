@@ -194,7 +194,7 @@ int run_training(const Recipe& r, const TrainOptions& opt, RunReceipt& rc) {
     plan = make_plan(r, PlanOptions{world, 0});
     if (use_cuda) {
       try {
-        gpu = make_cuda_model(r, t.mbs, t.seq_len, static_cast<uint64_t>(t.seed));
+        gpu = make_cuda_model(r, t.mbs, t.seq_len, static_cast<uint64_t>(t.seed), mp);
       } catch (const std::exception& e) {
         if (t.device == "cuda") throw;
         cuda_refusal = std::string("the model does not build on the CUDA backend: ") + e.what();
