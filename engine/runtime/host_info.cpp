@@ -9,6 +9,7 @@
 
 #include "kernels/common/gpu_device.hpp"
 #include "megacpp/build_info.hpp"
+#include "megacpp/git_commit.hpp"  // written at build time (cmake/git_commit.cmake)
 
 namespace megacpp {
 
