@@ -5,7 +5,12 @@
 execute_process(COMMAND git rev-parse --short=12 HEAD WORKING_DIRECTORY ${SRC}
                 OUTPUT_VARIABLE commit OUTPUT_STRIP_TRAILING_WHITESPACE ERROR_QUIET RESULT_VARIABLE rc)
 if(NOT rc EQUAL 0 OR NOT commit)
-  set(commit "unknown")
+  # A source tree without .git (an export, e.g. for the device): the environment may say what it is.
+  if(DEFINED ENV{MEGACPP_GIT_COMMIT})
+    set(commit "$ENV{MEGACPP_GIT_COMMIT} (export)")
+  else()
+    set(commit "unknown")
+  endif()
 else()
   execute_process(COMMAND git diff --quiet HEAD -- WORKING_DIRECTORY ${SRC} RESULT_VARIABLE dirty ERROR_QUIET)
   if(NOT dirty EQUAL 0)
