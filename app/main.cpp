@@ -5,10 +5,12 @@
 #include <cstdio>
 
 #include "app/cli_common.hpp"
+#include "engine/runtime/crash_report.hpp"
 #include "engine/runtime/host_info.hpp"
 
 int main(int argc, char** argv) {
   using namespace megacpp::app;
+  megacpp::install_crash_handler();  // a crash names itself (signal, rank, backtrace) instead of dying silently
   CLI::App app{"megacpp: train and benchmark hybrid (A/M/E/D/R) language models for C++ code", "megacpp"};
   app.require_subcommand(0, 1);
   app.fallthrough();  // --receipts-dir may follow the subcommand
