@@ -129,7 +129,7 @@ __device__ __forceinline__ void mma16816(float (&d)[4], const uint32_t (&a)[4], 
 //  AT=false: A stored [m][k] (row stride lda);  AT=true: A stored [k][m].
 //  BT=false: B stored [n][k] (i.e. Bᵀ row-major); BT=true: B stored [k][n].
 // Fragment layout of acc[nt][e]: row m0 + lane/4 + 8·(e≥2), col n0 + 8·nt + 2·(lane%4) + (e&1).
-template <bool AT, bool BT>
+template <bool AT, bool BT, int UNR = 2>
 __device__ __forceinline__ void mma_tile(float (&acc)[2][4], const bf16* A, int lda, const bf16* B, int ldb, int m0,
                                          int n0, int K) {
   const int lane = threadIdx.x & 31, li = lane >> 3, lr = lane & 7;
@@ -139,7 +139,7 @@ __device__ __forceinline__ void mma_tile(float (&acc)[2][4], const bf16* A, int 
                       : B + (n0 + lr + ((li >> 1) << 3)) * ldb + ((li & 1) << 3);
   uint32_t aa = smem_u32(ap), ba = smem_u32(bp);
   const uint32_t as = AT ? 32u * lda : 32u, bs = BT ? 32u * ldb : 32u;
-#pragma unroll 2
+#pragma unroll UNR
   for (int k0 = 0; k0 < K; k0 += 16) {
     uint32_t a[4], b[4];
     if constexpr (AT) ldsm_x4_t(a, aa); else ldsm_x4(a, aa);
@@ -184,15 +184,16 @@ __device__ __forceinline__ void st_bf16x2g(bf16_bits* p, float a, float b) {
 }
 
 // Load per-head parameters into shared memory.
+template <int NTH = kThreads>
 __device__ inline void load_params(const KParams& kp, int h, float* psi, float* phi, float* zeta, float* qb,
                                    float* kb) {
   const int R = kp.d.R, P = kp.d.P, N = kp.d.N;
-  for (int i = threadIdx.x; i < R * P; i += kThreads) {
+  for (int i = threadIdx.x; i < R * P; i += NTH) {
     psi[i] = kp.in.psi[h * R * P + i];
     phi[i] = kp.in.phi[h * R * P + i];
     zeta[i] = kp.in.zeta[h * R * P + i];
   }
-  for (int i = threadIdx.x; i < R * N; i += kThreads) {
+  for (int i = threadIdx.x; i < R * N; i += NTH) {
     qb[i] = kp.in.q_bias[h * R * N + i];
     kb[i] = kp.in.k_bias[h * R * N + i];
   }
@@ -201,6 +202,8 @@ __device__ inline void load_params(const KParams& kp, int h, float* psi, float* 
 // Warp 0 only: the chunk's step scalars (fp32). a = inclusive cumsum of ADT, ā = exclusive reverse cumsum
 // (= a_last − a, clamped ≤ 0), γ = Δσ(trap), factor = γ + Δ_{t+1}σ(−trap_{t+1}) (0 past S−1).
 // Returns a_last in every lane.
+__device__ __forceinline__ float chunk_scalars_finish(const float (&x)[2], const float (&gam)[2], const float (&fac)[2],
+                                                      const float (&sg)[2], const float (&dtv)[2], int Lc, float* sc);
 __device__ inline float chunk_scalars(const KParams& kp, int b, int h, int t0, float* sc) {
   const int lane = threadIdx.x & 31, Lc = kp.d.Lc, S = kp.d.S;
   const size_t base = (static_cast<size_t>(b) * kp.d.H + h) * S;
@@ -222,6 +225,11 @@ __device__ inline float chunk_scalars(const KParams& kp, int b, int h, int t0, f
       fac[u] = gam[u] + gt;
     }
   }
+  return chunk_scalars_finish(x, gam, fac, sg, dtv, Lc, sc);
+}
+__device__ __forceinline__ float chunk_scalars_finish(const float (&x)[2], const float (&gam)[2], const float (&fac)[2],
+                                                      const float (&sg)[2], const float (&dtv)[2], int Lc, float* sc) {
+  const int lane = threadIdx.x & 31;
   const float p1 = x[0] + x[1];
   float incl = p1;
 #pragma unroll
@@ -284,6 +292,64 @@ __device__ __forceinline__ void cp_async_4(void* sdst, const void* gsrc) {
 }
 __device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_all;\n" ::: "memory"); }
 
+// v8: the chunk's raw step scalars are staged in shared memory one chunk ahead with cp.async (warp 0), so that
+// at the top of the chunk warp 0 computes the scalars and the step weights from shared memory while the q̄/k̄
+// copies are in flight, instead of three dependent global round trips that the other warps waited for at the first
+// barrier (ncu v7: 18 % of mimo_fwd's warp samples, 7 % of mimo_bwd_bwd's, were that barrier).
+// Staging area: the free scalar slots 13..15 of the `sc` region (3·kMaxLc floats):
+//   [0, kMaxLc) adt[t0 + s] · [kMaxLc, 2·kMaxLc + 1) dt[t0 + s], s ≤ Lc · then trap as bf16 pairs (words), s ≤ Lc + 1.
+constexpr int kStageSlot = 13;
+static_assert(kStageSlot > kWork2 && 3 * kMaxLc >= 2 * kMaxLc + 1 + kMaxLc / 2 + 1, "staging fits slots 13..15");
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int N_>
+__device__ __forceinline__ void cp_async_wait_group() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N_) : "memory"); }
+// Warp 0 only: issue the copies of chunk t0's raw scalars into the staging area and commit them as one group.
+__device__ inline void stage_scalars_issue(const KParams& kp, int b, int h, int t0, float* sc) {
+  const int lane = threadIdx.x & 31, Lc = kp.d.Lc, S = kp.d.S;
+  const size_t base = (static_cast<size_t>(b) * kp.d.H + h) * S + t0;  // even (S, t0 multiples of Lc ≥ 2)
+  float* st = sc + kStageSlot * kMaxLc;
+  for (int s = lane; s < Lc; s += 32) cp_async_4(st + s, kp.in.adt + base + s);
+  for (int s = lane; s <= Lc; s += 32)
+    if (t0 + s < S) cp_async_4(st + kMaxLc + s, kp.in.dt + base + s);
+  uint32_t* tw = reinterpret_cast<uint32_t*>(st + 2 * kMaxLc + 1);
+  const bf16_bits* tp = kp.in.trap + base;
+  const bool al4 = (reinterpret_cast<uintptr_t>(tp) & 3u) == 0;
+  for (int w = lane; w <= Lc / 2; w += 32)
+    if (t0 + 2 * w < S) {  // elements t0+2w, t0+2w+1 (both < S: S even)
+      if (al4)
+        cp_async_4(tw + w, tp + 2 * w);
+      else
+        tw[w] = static_cast<uint32_t>(__ldg(reinterpret_cast<const unsigned short*>(tp) + 2 * w)) |
+                (static_cast<uint32_t>(__ldg(reinterpret_cast<const unsigned short*>(tp) + 2 * w + 1)) << 16);
+    }
+  cp_async_commit();
+}
+// Warp 0 only, after the staging group completed (cp_async_wait_group + __syncwarp): chunk_scalars from the
+// staging area (same arithmetic, same outputs, bit-identical).
+__device__ inline float chunk_scalars_staged(int Lc, int S, int t0, float* sc) {
+  const int lane = threadIdx.x & 31;
+  const float* st = sc + kStageSlot * kMaxLc;
+  const unsigned short* tr = reinterpret_cast<const unsigned short*>(st + 2 * kMaxLc + 1);
+  float x[2], gam[2], fac[2], sg[2], dtv[2];
+#pragma unroll
+  for (int u = 0; u < 2; ++u) {
+    const int s = 2 * lane + u;
+    x[u] = 0.f, gam[u] = 0.f, fac[u] = 0.f, sg[u] = 0.f, dtv[u] = 0.f;
+    if (s < Lc) {
+      const int t = t0 + s;
+      x[u] = st[s];
+      dtv[u] = st[kMaxLc + s];
+      sg[u] = sigmoidf_(bf2f(tr[s]));
+      gam[u] = dtv[u] * sg[u];
+      float gt = 0.f;
+      if (t + 1 < S) gt = st[kMaxLc + s + 1] * sigmoidf_(-bf2f(tr[s + 1]));
+      fac[u] = gam[u] + gt;
+    }
+  }
+  return chunk_scalars_finish(x, gam, fac, sg, dtv, Lc, sc);
+}
+
+
 template <int CW>
 struct QkVec;  // CW bf16 values: raw bits, fp32 unpack, bf16 pack
 template <>
@@ -328,9 +394,14 @@ struct QkVec<2> {
   }
 };
 
-template <int NTH = kThreads, int CW = 2>
+struct NoBetween {
+  __device__ void operator()() const {}
+};
+// v8: `between()` runs after pass 1's copies are issued (and committed as one cp.async group) and before they are
+// waited for: the kernels pass warp 0's staged chunk-scalar work there, so it overlaps the q̄/k̄ round trip.
+template <int NTH = kThreads, int CW = 2, class F = NoBetween>
 __device__ inline void load_qk_rot(const KParams& kp, int b, int h, int t0, const float* qbias, const float* kbias,
-                                   bf16* Qb, bf16* Kb) {
+                                   bf16* Qb, bf16* Kb, F between = F{}) {
   static_assert(CW == 2 || CW == 4, "load_qk_rot: CW must be 2 or 4");
   using Vec = QkVec<CW>;
   const MimoDims& d = kp.d;
@@ -358,6 +429,8 @@ __device__ inline void load_qk_rot(const KParams& kp, int b, int h, int t0, cons
     if (it == static_cast<int>(threadIdx.x) && j < d.n_ang)
       Vec::angles(kp.in.angles + ((static_cast<size_t>(b) * d.S + t) * d.H + h) * d.n_ang + j, th0);
   }
+  cp_async_commit();
+  between();
   cp_async_wait_all();
   // pass 2: bias + rotation in place
 #pragma unroll 1
@@ -477,6 +550,8 @@ __device__ inline void zero_pad_rows(bf16* X, int ld, int M, int Mp) {
 namespace megacpp::mimo::dev {
 // Host-side entry points of the kernel files.
 const void* fwd_kernel_ptr(const MimoDims& d);
+int fwd_threads(const MimoDims& d);      // mimo_fwd: 512 when N·P ≤ 8192, else 256 (v7)
+int bwd_fwd_threads(const MimoDims& d);  // mimo_bwd_fwd: 512 when N·P ≤ 8192 and R ≤ 4, else 256 (v7)
 const void* bwd_fwd_kernel_ptr(const MimoDims& d);
 const void* bwd_bwd_kernel_ptr(const MimoDims& d);
 int bwd_bwd_threads(const MimoDims& d);  // 512 when N·P ≤ 8192, else 256

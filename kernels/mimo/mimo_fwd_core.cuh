@@ -1,6 +1,6 @@
 // mimo_fwd_core.cuh — the forward chunk loop shared by mimo_fwd (BWD=false) and mimo_bwd_fwd (BWD=true).
 //
-// One CTA (256 threads, 8 warps) per (h, b); chunks of Lc steps (M = Lc·R rows, row i = s·R + r) in order.
+// One CTA (512 or 256 threads, see Resources) per (h, b); chunks of Lc steps (M = Lc·R rows, row i = s·R + r) in order.
 // Per chunk c (a = inclusive decay cumsum, ā = a_last − a, γ, factor = γ + γ̃, all fp32):
 //   Q̄, K̄ = Rot_θ(q + bias), Rot_θ(k + bias)                       bf16 [M][N] in smem
 //   V = x·Ψ, Vd = factor·e^{ā}·V                                     bf16 [M][P]
@@ -10,15 +10,26 @@
 //   S_{c+1} = e^{a_last}·S_c + K̄ᵀ·Vd                                 (MMA, state N×P fp32 in registers)
 //   out[t,p] = Σ_r Φ[r,p]·silu(z[t,p]Ζ[r,p])·Y[(t,r),p]
 // BWD: writes S_c (bf16, the state entering each chunk) for mimo_bwd_bwd, dZ, and per-(b,h) partials of dΦ, dΖ.
-// Resources: 256 threads, state NT·8 fp32 regs/thread (NT = 4 or 8), smem fwd_layout() (112,640 B at N=128,P=64,M=64).
+// Resources: NTH = 512 threads (NT = 2, ≤ 64 regs, 2 CTAs/SM) when N·P ≤ 8192 (bwd: and R ≤ 4), else 256 threads
+// (NT = 4 or 8); state NT·8 fp32 regs/thread; smem fwd_layout() (112,640 B at N=128,P=64,M=64). ptxas (v8, sm_90a):
+// fwd 512-thread 64 regs with an 8 B spill (4 LDL/STL in SASS), bwd 512-thread 64 regs with 192 B spill stores /
+// 128 B loads (72 LDL/STL in SASS): both measured faster than the spill-free 256-thread versions (docs/perf/mimo.md).
+// v8 (mimo_fwd only): the chunk's raw scalars are staged in shared memory one chunk ahead (stage_scalars_issue).
 #pragma once
 #include "kernels/mimo/mimo_common.cuh"
 
 namespace megacpp::mimo::dev {
 
-// NT: state tiles (16×16) per warp, ≥ ceil(N·P/2048); NT ≤ 4 targets 2 CTAs per SM (≤ 128 regs).
-template <bool BWD, int NT>
-__global__ void __launch_bounds__(kThreads, (NT <= 4) ? 2 : 1) mimo_fwd_kernel(const KParams kp) {
+// NTH: threads per CTA (256 or 512); NT: state tiles (16×16) per warp, ≥ ceil(N·P/(16·NTH)); RMAX ≥ R bounds the
+// backward's per-thread dΦ/dΖ partials (2·RMAX·2 registers).
+// v7: NTH = 512 with NT = 2 (N·P ≤ 8192) and __launch_bounds__(512, 2): 32 warps per SM at ≤ 64 registers instead of
+// 16 warps at ≤ 128 (both fill the register file; smem 112,640 B per CTA fits 2 per SM either way).
+// NTH = 256: NT = 4 → 2 CTAs/SM (≤ 128 regs), NT = 8 → 1 CTA/SM.
+template <bool BWD, int NTH, int NT, int RMAX>
+__global__ void __launch_bounds__(NTH, (NTH == 512 || NT <= 4) ? 2 : 1) mimo_fwd_kernel(const KParams kp) {
+  constexpr int NW = NTH / 32;
+  constexpr int kUnr = 2;  // K-loop unroll of the tile products (1 at 512 threads: no fewer spills, ptxas v7)
+  static_assert(RMAX <= 8, "mimo_fwd_kernel: RMAX <= 8");
   extern __shared__ __align__(16) unsigned char smem[];
   const MimoDims& d = kp.d;
   const int h = blockIdx.x, b = blockIdx.y;
@@ -32,7 +43,9 @@ __global__ void __launch_bounds__(kThreads, (NT <= 4) ? 2 : 1) mimo_fwd_kernel(c
   float* qbias = reinterpret_cast<float*>(smem + Lo.qb);
   float* kbias = reinterpret_cast<float*>(smem + Lo.kb);
   float* sc = reinterpret_cast<float*>(smem + Lo.sc);
-  float* red = sc + 16 * kMaxLc;
+  // dΦ/dΖ reduction scratch (2·NTH floats), used only after the chunk loop: the tile region from Q̄ on is free then
+  // (≥ 8 KB at every supported shape; the `sc` region reserves only 2·kThreads floats).
+  float* red = reinterpret_cast<float*>(smem + Lo.qbar);
   bf16* Qb = reinterpret_cast<bf16*>(smem + Lo.qbar);
   bf16* Kb = reinterpret_cast<bf16*>(smem + Lo.kbar);
   bf16* V = reinterpret_cast<bf16*>(smem + Lo.v);
@@ -43,45 +56,68 @@ __global__ void __launch_bounds__(kThreads, (NT <= 4) ? 2 : 1) mimo_fwd_kernel(c
   float* W = reinterpret_cast<float*>(smem + Lo.w);
   const float Dh = kp.in.d[h];
 
-  load_params(kp, h, psi, phi, zeta, qbias, kbias);
-  for (int i = tid; i < N * ldv; i += kThreads) Sb[i] = __float2bfloat16(0.f);
-  zero_pad_rows(Qb, ldq, M, Mp);
-  zero_pad_rows(Kb, ldq, M, Mp);
-  zero_pad_rows(V, ldv, M, Mp);
-  zero_pad_rows(Vd, ldv, M, Mp);
+  load_params<NTH>(kp, h, psi, phi, zeta, qbias, kbias);
+  for (int i = tid; i < N * ldv; i += NTH) Sb[i] = __float2bfloat16(0.f);
+  zero_pad_rows<NTH>(Qb, ldq, M, Mp);
+  zero_pad_rows<NTH>(Kb, ldq, M, Mp);
+  zero_pad_rows<NTH>(V, ldv, M, Mp);
+  zero_pad_rows<NTH>(Vd, ldv, M, Mp);
 
   float S[NT][2][4];
 #pragma unroll
   for (int k = 0; k < NT; ++k) zero_acc(S[k]);
   const int ptiles = P / 16, ntS = (N / 16) * ptiles;
   const int lP = __ffs(P) - 1, lpt = __ffs(ptiles) - 1, lmt = __ffs(Mp / 16) - 1;
-  float dphi_acc[8][2], dzeta_acc[8][2];
+  float dphi_acc[RMAX][2], dzeta_acc[RMAX][2];
 #pragma unroll
-  for (int r = 0; r < 8; ++r) dphi_acc[r][0] = dphi_acc[r][1] = dzeta_acc[r][0] = dzeta_acc[r][1] = 0.f;
+  for (int r = 0; r < RMAX; ++r) dphi_acc[r][0] = dphi_acc[r][1] = dzeta_acc[r][0] = dzeta_acc[r][1] = 0.f;
   const size_t bh = static_cast<size_t>(b) * d.H + h;
+  if (!BWD && warp == 0) stage_scalars_issue(kp, b, h, 0, sc);  // chunk 0's raw scalars (v8, mimo_fwd only)
   __syncthreads();
 
   for (int c = 0; c < d.nc; ++c) {
     const int t0 = c * Lc;
-    if (warp == 0) {
-      const float al = chunk_scalars(kp, b, h, t0, sc);
-      if (lane == 0) sc[kWork * kMaxLc] = al;
-      __syncwarp();
-      step_weights(sc, W, Lc);
-    }
+    // v8: warp 0 computes the chunk's scalars and step weights from the staging area (filled one chunk ahead)
+    // while its q̄/k̄ copies are in flight (load_qk_rot calls this between issuing and waiting).
+    const int Sl = d.S;
+    auto scalars = [=]() {
+      if (warp == 0) {
+        cp_async_wait_group<1>();  // the staging group (older than the q̄/k̄ group just committed)
+        __syncwarp();
+        const float al = chunk_scalars_staged(Lc, Sl, t0, sc);
+        if (lane == 0) sc[kWork * kMaxLc] = al;
+        __syncwarp();
+        step_weights(sc, W, Lc);
+      }
+    };
     // v6: 4 columns per q̄/k̄ item when that still gives every thread an item (N=128, Lc=16: 256 items), else 2
     // (N=64: 256 items of 2 columns instead of 128 of 4, which left half the CTA idle in this phase: +2 % measured).
-    if ((Lc << (kp.lN4 - 1)) >= kThreads)
-      load_qk_rot<kThreads, 4>(kp, b, h, t0, qbias, kbias, Qb, Kb);
-    else
-      load_qk_rot<kThreads, 2>(kp, b, h, t0, qbias, kbias, Qb, Kb);
+    if constexpr (BWD) {
+      // mimo_bwd_fwd keeps v7's order (global-load chunk_scalars before the q̄/k̄ loads): with the staging its
+      // 512-thread instance spilled 324 B instead of 192 B and ran 15 % slower (v8 run, docs/perf/mimo.md).
+      if (warp == 0) {
+        const float al = chunk_scalars(kp, b, h, t0, sc);
+        if (lane == 0) sc[kWork * kMaxLc] = al;
+        __syncwarp();
+        step_weights(sc, W, Lc);
+      }
+      if ((Lc << (kp.lN4 - 1)) >= NTH)
+        load_qk_rot<NTH, 4>(kp, b, h, t0, qbias, kbias, Qb, Kb);
+      else
+        load_qk_rot<NTH, 2>(kp, b, h, t0, qbias, kbias, Qb, Kb);
+    } else {
+      if ((Lc << (kp.lN4 - 1)) >= NTH)
+        load_qk_rot<NTH, 4>(kp, b, h, t0, qbias, kbias, Qb, Kb, scalars);
+      else
+        load_qk_rot<NTH, 2>(kp, b, h, t0, qbias, kbias, Qb, Kb, scalars);
+    }
     __syncthreads();
     // V, Vd (and the PsiV cache in the forward); states for the backward.
     {
       const int items = Lc * P / 2;
       const bool from_cache = BWD && kp.in.psiv_cache != nullptr;
-#pragma unroll(BWD ? 1 : 2)
-      for (int it = tid; it < items; it += kThreads) {
+#pragma unroll((BWD || NTH == 512) ? 1 : 2)
+      for (int it = tid; it < items; it += NTH) {
         const int s = ((it * 2) >> lP), p = ((it * 2) & (P - 1)), t = t0 + s;
         const float w = sc[kFac * kMaxLc + s] * sc[kEAB * kMaxLc + s];
         float2 x = make_float2(0.f, 0.f);
@@ -105,22 +141,25 @@ __global__ void __launch_bounds__(kThreads, (NT <= 4) ? 2 : 1) mimo_fwd_kernel(c
       }
       if constexpr (BWD) {
         bf16_bits* dst = kp.states + (bh * d.nc + c) * static_cast<size_t>(N) * P;
-        for (int it = tid; it < N * P / 8; it += kThreads) {
+        for (int it = tid; it < N * P / 8; it += NTH) {
           const int n = ((it * 8) >> lP), p = ((it * 8) & (P - 1));
           *reinterpret_cast<uint4*>(dst + n * P + p) = *reinterpret_cast<const uint4*>(Sb + n * ldv + p);
         }
       }
     }
     __syncthreads();
-    if (c + 1 < d.nc) prefetch_chunk<kThreads>(kp, b, h, t0 + Lc, BWD, !(BWD && kp.in.psiv_cache), false, c + 1);
+    if (c + 1 < d.nc) {
+      prefetch_chunk<NTH>(kp, b, h, t0 + Lc, BWD, !(BWD && kp.in.psiv_cache), false, c + 1);
+      if (!BWD && warp == 0) stage_scalars_issue(kp, b, h, t0 + Lc, sc);  // read at the top of chunk c+1 (v8)
+    }
     // Phase A: masked score matrix Pm (bf16).
     {
       const int mt = Mp / 16;
-      for (int tile = warp; tile < mt * mt; tile += kWarps) {
+      for (int tile = warp; tile < mt * mt; tile += NW) {
         const int m0 = (tile >> lmt) * 16, n0 = (tile & (mt - 1)) * 16;
         float acc[2][4];
         zero_acc(acc);
-        mma_tile<false, false>(acc, Qb, ldq, Kb, ldq, m0, n0, N);
+        mma_tile<false, false, kUnr>(acc, Qb, ldq, Kb, ldq, m0, n0, N);
 #pragma unroll
         for (int nt = 0; nt < 2; ++nt)
 #pragma unroll
@@ -142,16 +181,16 @@ __global__ void __launch_bounds__(kThreads, (NT <= 4) ? 2 : 1) mimo_fwd_kernel(c
     __syncthreads();
     // Phase B: Y = e^{a}·Q̄·S + Pm·V + D·V; state update in registers.
     {
-      for (int tile = warp; tile < (Mp / 16) * ptiles; tile += kWarps) {
+      for (int tile = warp; tile < (Mp / 16) * ptiles; tile += NW) {
         const int m0 = (tile >> lpt) * 16, n0 = (tile & (ptiles - 1)) * 16;
         float acc[2][4];
         zero_acc(acc);
-        mma_tile<false, true>(acc, Qb, ldq, Sb, ldv, m0, n0, N);
+        mma_tile<false, true, kUnr>(acc, Qb, ldq, Sb, ldv, m0, n0, N);
         const float e0 = sc[kEA * kMaxLc + ((m0 + (lane >> 2)) >> lR)];
         const float e1 = sc[kEA * kMaxLc + ((m0 + (lane >> 2) + 8) >> lR)];
 #pragma unroll
         for (int nt = 0; nt < 2; ++nt) acc[nt][0] *= e0, acc[nt][1] *= e0, acc[nt][2] *= e1, acc[nt][3] *= e1;
-        mma_tile<false, true>(acc, Pm, ldm, V, ldv, m0, n0, Mp);
+        mma_tile<false, true, kUnr>(acc, Pm, ldm, V, ldv, m0, n0, Mp);
 #pragma unroll
         for (int nt = 0; nt < 2; ++nt)
 #pragma unroll
@@ -165,13 +204,13 @@ __global__ void __launch_bounds__(kThreads, (NT <= 4) ? 2 : 1) mimo_fwd_kernel(c
       const float el = __expf(sc[kWork * kMaxLc]);
 #pragma unroll
       for (int k = 0; k < NT; ++k) {
-        const int t = warp + kWarps * k;
+        const int t = warp + NW * k;
         if (t < ntS) {
 #pragma unroll
           for (int nt = 0; nt < 2; ++nt)
 #pragma unroll
             for (int e = 0; e < 4; ++e) S[k][nt][e] *= el;
-          mma_tile<true, true>(S[k], Kb, ldq, Vd, ldv, (t >> lpt) * 16, (t & (ptiles - 1)) * 16, Mp);
+          mma_tile<true, true, kUnr>(S[k], Kb, ldq, Vd, ldv, (t >> lpt) * 16, (t & (ptiles - 1)) * 16, Mp);
         }
       }
     }
@@ -179,7 +218,7 @@ __global__ void __launch_bounds__(kThreads, (NT <= 4) ? 2 : 1) mimo_fwd_kernel(c
     // Phase C: bf16 copy of the new state; output (or backward side outputs) from Y.
 #pragma unroll
     for (int k = 0; k < NT; ++k) {
-      const int t = warp + kWarps * k;
+      const int t = warp + NW * k;
       if (t < ntS) {
         const int m0 = (t >> lpt) * 16, n0 = (t & (ptiles - 1)) * 16;
 #pragma unroll
@@ -193,8 +232,8 @@ __global__ void __launch_bounds__(kThreads, (NT <= 4) ? 2 : 1) mimo_fwd_kernel(c
     }
     {
       const int items = Lc * P / 2;
-#pragma unroll(BWD ? 1 : 2)
-      for (int it = tid; it < items; it += kThreads) {
+#pragma unroll((BWD || NTH == 512) ? 1 : 2)
+      for (int it = tid; it < items; it += NTH) {
         const int s = ((it * 2) >> lP), p = ((it * 2) & (P - 1)), t = t0 + s;
         const size_t gi = ((static_cast<size_t>(b) * d.S + t) * d.H + h) * P + p;
         const float2 zz = ldg_bf16x2(kp.in.z + gi);
@@ -203,7 +242,7 @@ __global__ void __launch_bounds__(kThreads, (NT <= 4) ? 2 : 1) mimo_fwd_kernel(c
         if constexpr (BWD) go = ldg_bf16x2(kp.dout + gi);
         float dz0 = 0.f, dz1 = 0.f;
 #pragma unroll
-        for (int r = 0; r < 8; ++r) {
+        for (int r = 0; r < RMAX; ++r) {
           if (r < R) {
             const float2 y = *reinterpret_cast<const float2*>(Ys + (s * R + r) * ldy + p);
             const float zt0 = zeta[r * P + p], zt1 = zeta[r * P + p + 1];
@@ -239,7 +278,7 @@ __global__ void __launch_bounds__(kThreads, (NT <= 4) ? 2 : 1) mimo_fwd_kernel(c
       float* fs = kp.in.final_state + bh * static_cast<size_t>(N) * P;
 #pragma unroll
       for (int k = 0; k < NT; ++k) {
-        const int t = warp + kWarps * k;
+        const int t = warp + NW * k;
         if (t < ntS) {
           const int m0 = (t >> lpt) * 16, n0 = (t & (ptiles - 1)) * 16;
 #pragma unroll
@@ -254,9 +293,9 @@ __global__ void __launch_bounds__(kThreads, (NT <= 4) ? 2 : 1) mimo_fwd_kernel(c
     }
   } else {
     // Deterministic reduction of the dΦ/dΖ partials: thread tid owns columns p = 2·(tid mod P/2) + {0,1}.
-    const int hp = P / 2, groups = kThreads / hp;
+    const int hp = P / 2, groups = NTH / hp;
 #pragma unroll
-    for (int r = 0; r < 8; ++r) {
+    for (int r = 0; r < RMAX; ++r) {
       if (r < R) {
 #pragma unroll
         for (int which = 0; which < 2; ++which) {

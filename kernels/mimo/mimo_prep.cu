@@ -231,8 +231,8 @@ void mimo_bwd(const MimoDims& d, const MimoBwdArgs& a, void* ws, cudaStream_t st
 }
 
 std::vector<MimoKernelInfo> mimo_kernel_infos(const MimoDims& d) {
-  return {{"mimo_fwd", dev::fwd_kernel_ptr(d), dev::kThreads, fwd_smem(d)},
-          {"mimo_bwd_fwd", dev::bwd_fwd_kernel_ptr(d), dev::kThreads, fwd_smem(d)},
+  return {{"mimo_fwd", dev::fwd_kernel_ptr(d), dev::fwd_threads(d), fwd_smem(d)},
+          {"mimo_bwd_fwd", dev::bwd_fwd_kernel_ptr(d), dev::bwd_fwd_threads(d), fwd_smem(d)},
           {"mimo_bwd_bwd", dev::bwd_bwd_kernel_ptr(d), dev::bwd_bwd_threads(d), bwd_smem(d)},
           {"mimo_bwd_post", reinterpret_cast<const void*>(&dev::mimo_bwd_post_kernel), 256, 0}};
 }

@@ -9,10 +9,23 @@
 # in the tool's carry), a second tree (the repository with those files overlaid) is built too, and mimo_bench of
 # baseline and candidate runs interleaved (A B A B) at both shapes in this same call; each line is the median of
 # 20 CUDA-event runs after warm-up (OpDef::bench, the same code path as `megacpp bench`).
-# Usage: bash tools/device/mimo.sh [all|tests|bench]      Output tables under $OUT (default /tmp/mimo_out).
+# MIMO_BASE_GATE=1 (A/B mode) also builds and runs the baseline tree's test_mimo_gpu.
+# The candidate's mimo_bwd_fwd is also timed forced to its 256-thread instance (MEGACPP_MIMO_BWD_FWD_THREADS=256,
+# lines "N256"), to compare it with the 512-thread instance that the launcher picks (v7).
+# Profiling (v7): MIMO_PROF=1 adds `ncu --set full --import-source yes` on one launch each, at the bar shape, of the
+# kernels named in MIMO_PROF_LIST (default "fwd_new fwd_base bwdbwd"; also "bwdbwd_base"; *_base = the A/B
+# baseline tree), exported as text (details page; source page per SASS instruction, CSV) into the log tarball.
+# MIMO_NO_MEGACPP=1 skips the megacpp build and its benches (mimo_bench runs the same OpDef::bench).
+# Output: the device tool returns at most 8 files, so the logs go to one tarball $OUT/mimo_logs.tgz and the tables
+# to $OUT/summary.txt (also on stdout).
+# Usage: bash tools/device/mimo.sh [all|tests|bench]      Output under $OUT (default /tmp/mimo_out).
 set -uo pipefail
 MODE=${1:-all}
-OUT=${OUT:-/tmp/mimo_out}; mkdir -p "$OUT"
+FINAL=${OUT:-/tmp/mimo_out}; mkdir -p "$FINAL"
+OUT=/tmp/mimo_logs; rm -rf "$OUT"; mkdir -p "$OUT"
+exec > >(tee -a "$FINAL/summary.txt") 2>&1
+pack() { tar -C /tmp -czf "$FINAL/mimo_logs.tgz" mimo_logs 2>/dev/null; }
+trap pack EXIT
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv,noheader | tee "$OUT/gpu.txt"
@@ -26,10 +39,11 @@ if [ -d build-mimo-orig/kernels/mimo ]; then
   tar --exclude='./build*' --exclude='./.git' --exclude='./runs' --exclude='./data_cache' -cf - . | tar -C $BASE -xf -
   cp build-mimo-orig/kernels/mimo/* $BASE/kernels/mimo/
   ( cmake -S $BASE -B $BASE/build -G Ninja -DCMAKE_BUILD_TYPE=Release -DMEGACPP_ONLY_FAMILIES=mimo > "$OUT/base_cfg.log" 2>&1 &&
-    ninja -C $BASE/build -j6 mimo_bench > "$OUT/base_build.log" 2>&1 ) & BPID=$!
+    ninja -C $BASE/build -j6 mimo_bench $([ "${MIMO_BASE_GATE:-0}" = 1 ] && echo test_mimo_gpu) > "$OUT/base_build.log" 2>&1 ) & BPID=$!
 fi
 cmake -S . -B build-dev $CFG > "$OUT/cfg.log" 2>&1 || { echo "CONFIGURE FAILED"; tail -40 "$OUT/cfg.log"; exit 1; }
-ninja -C build-dev -j12 -k 0 test_mimo_gpu mimo_bench megacpp > "$OUT/build.log" 2>&1
+TARGETS="test_mimo_gpu mimo_bench"; [ "${MIMO_NO_MEGACPP:-0}" = 1 ] || TARGETS="$TARGETS megacpp"
+ninja -C build-dev -j12 -k 0 $TARGETS > "$OUT/build.log" 2>&1
 [ -x build-dev/tests/kernels/mimo/test_mimo_gpu ] && [ -x build-dev/tests/kernels/mimo/mimo_bench ] ||
   { echo "BUILD FAILED"; grep -B2 -A8 -E "error|FAILED" "$OUT/build.log" | head -60; exit 1; }
 [ -x build-dev/megacpp ] || echo "megacpp did not build (see build.log); benches use mimo_bench only"
@@ -48,6 +62,11 @@ if [ "$MODE" != bench ]; then
   timeout 150 build-dev/tests/kernels/mimo/test_mimo_gpu 2>&1 | tee "$OUT/gpu_tests.log" |
     grep -E "GATE|PSIV|OK \]|FAILED|PASSED|Failure" | head -40
 fi
+if [ "$MODE" != bench ] && [ $AB = 1 ] && [ "${MIMO_BASE_GATE:-0}" = 1 ]; then  # the baseline tree's gate too
+  echo "baseline gate:"
+  timeout 150 $BASE/build/tests/kernels/mimo/test_mimo_gpu 2>&1 | tee "$OUT/base_gpu_tests.log" |
+    grep -E "PSIV|OK \]|FAILED|PASSED|Failure" | head -20
+fi
 if [ "$MODE" != tests ]; then
   BAR="2 4096 112 8 128 64 4 16"; TRAIN="2 4096 48 2 64 64 4 16"
   NEW=build-dev/tests/kernels/mimo/mimo_bench
@@ -59,9 +78,12 @@ if [ "$MODE" != tests ]; then
       fi
       timeout 60 $NEW $shape 0 mimo_fwd mimo_bwd_fwd mimo_bwd_bwd 2>&1 |
         grep -E "^BENCH|KERNEL" | sed "s/^BENCH/NEW$rep /" | cut -c1-150 | tee -a "$OUT/ab.log"
+      # v7/v8: the candidate's mimo_bwd_fwd forced to its 256-thread instance (explicit env switch, A/B only)
+      MEGACPP_MIMO_BWD_FWD_THREADS=256 timeout 60 $NEW $shape 0 mimo_bwd_fwd 2>&1 |
+        grep -E "^BENCH" | sed "s/^BENCH/N256$rep/" | cut -c1-150 | tee -a "$OUT/ab.log"
     done
   done
-  [ -x build-dev/megacpp ] && for hgn in "112 8 128" "48 2 64"; do
+  [ "${MIMO_NO_MEGACPP:-0}" != 1 ] && [ -x build-dev/megacpp ] && for hgn in "112 8 128" "48 2 64"; do
     set -- $hgn
     for k in mimo_fwd mimo_bwd_fwd mimo_bwd_bwd; do
       timeout 60 build-dev/megacpp bench --kernel $k --B 2 --S 4096 --H $1 --G $2 --N $3 --P 64 --R 4 --chunk 16 \
@@ -69,5 +91,28 @@ if [ "$MODE" != tests ]; then
       echo "megacpp bench --kernel $k H=$1 G=$2 N=$3:"; grep -iE "median" "$OUT/megacpp_bench_${k}_H$1.log" | head -2 | cut -c1-200
     done
   done
+fi
+if [ "${MIMO_PROF:-0}" = 1 ]; then
+  NCU=$(command -v ncu || ls /usr/local/cuda/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
+  echo "ncu: $NCU ($($NCU --version 2>/dev/null | tail -1))"
+  BAR="2 4096 112 8 128 64 4 16"
+  mkdir -p /tmp/mimo_reps
+  prof() {  # name binary op kernel-regex
+    timeout 100 $NCU --set full --import-source yes -k "regex:$4" -c 1 -f -o "/tmp/mimo_reps/$1" $2 $BAR 0 $3 > "$OUT/$1_ncu.log" 2>&1
+    $NCU -i "/tmp/mimo_reps/$1.ncu-rep" --page details > "$OUT/$1_details.txt" 2>&1
+    $NCU -i "/tmp/mimo_reps/$1.ncu-rep" --page source --csv --print-source sass > "$OUT/$1_sass.csv" 2>&1
+    $NCU -i "/tmp/mimo_reps/$1.ncu-rep" --page source --csv --print-source cuda > "$OUT/$1_cuda.csv" 2>&1
+    echo "== ncu $1: $(grep -E "^ +Duration|Registers Per|Achieved Occupancy|Executed Ipc A|Issued Warp Per|No Eligible" "$OUT/$1_details.txt" | awk '{$1=$1};1' | tr '\n' ';' | cut -c1-400)"
+  }
+  NB=build-dev/tests/kernels/mimo/mimo_bench
+  for p in ${MIMO_PROF_LIST:-fwd_new fwd_base bwdbwd}; do
+    case $p in
+      fwd_new) prof fwd_new $NB mimo_fwd mimo_fwd_kernel ;;
+      fwd_base) [ $AB = 1 ] && prof fwd_base $BASE/build/tests/kernels/mimo/mimo_bench mimo_fwd mimo_fwd_kernel ;;
+      bwdbwd) prof bwdbwd $NB mimo_bwd_bwd mimo_bwd_bwd_kernel ;;
+      bwdbwd_base) [ $AB = 1 ] && prof bwdbwd_base $BASE/build/tests/kernels/mimo/mimo_bench mimo_bwd_bwd mimo_bwd_bwd_kernel ;;
+    esac
+  done
+  ls -la /tmp/mimo_reps
 fi
 echo "total $(( $(date +%s) - T0 )) s"
