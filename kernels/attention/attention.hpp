@@ -60,7 +60,7 @@ void native_fwd(const AttnShape& s, const AttnFwdArgs& a, void* stream);
 void native_bwd(const AttnShape& s, const AttnBwdArgs& a, void* workspace, size_t workspace_bytes, void* stream);
 // Tile configuration of the forward kernel: 0 = default, 1 = alternative (for the bench's A/B).
 void native_set_fwd_config(int cfg);
-// Backward tile configuration 0..3 (0 = default; see attention_native.cu) for the bench's A/B.
+// Backward configuration: 0 = default, 1 = alternative (attention_native_bwd_sm90.cu), for the bench's A/B.
 void native_set_bwd_config(int cfg);
 // Times the native backward's kernels one by one (CUDA events, median of `iters`): name -> ms.
 std::vector<std::pair<std::string, double>> native_bwd_profile(const AttnShape& s, const AttnBwdArgs& a,

@@ -74,22 +74,29 @@ TEST_P(AttnBackends, LongForwardFullAndSampledRows) {
   run_check("attn_fwd", shp(1, 8192, 2, 2, 64), GetParam(), 4);   // 64 sampled rows
 }
 
+// The native kernels' alternative configurations against the reference: forward configs 1 and 2 on every
+// reference shape (MHA, GQA, D 64/128) and the long shapes (4k full, 8k sampled rows); backward config 1
+// on every reference shape. Two seeds each. (The defaults run in AttnBackends.)
 TEST(AttnGpu, NativeTileConfigsMatchReference) {
   MEGACPP_REQUIRE_GPU();
-  for (const auto& s : {shp(1, 512, 4, 2, 128), shp(1, 384, 4, 1, 64)}) {
-    for (int c = 1; c <= 3; ++c) {
-      OpOptions o;
-      o.flags["backend"] = "native";
-      o.flags["native-bwd-config"] = std::to_string(c);
-      const CheckResult r = reg().find("attn_bwd")->check(s, 5, o);
-      EXPECT_TRUE(r.pass()) << r.note << "\n" << format_metric_table(r.tensors);
-    }
-    OpOptions o;
-    o.flags["backend"] = "native";
-    o.flags["native-fwd-config"] = "1";
-    const CheckResult r = reg().find("attn_fwd")->check(s, 6, o);
-    EXPECT_TRUE(r.pass()) << r.note << "\n" << format_metric_table(r.tensors);
-  }
+  auto shapes = ref_shapes();
+  shapes.push_back(shp(1, 4096, 2, 1, 128));
+  shapes.push_back(shp(1, 8192, 2, 2, 64));
+  for (const auto& s : shapes)
+    for (uint64_t seed : {11ull, 12ull})
+      for (const auto& [op, cfg] : std::vector<std::pair<std::string, std::string>>{
+               {"attn_fwd", "1"}, {"attn_fwd", "2"}, {"attn_bwd", "1"}}) {
+        const bool fwd = op == "attn_fwd";
+        if (!fwd && s.at("S") > 2048) continue;
+        OpOptions o;
+        o.flags["backend"] = "native";
+        o.flags[fwd ? "native-fwd-config" : "native-bwd-config"] = cfg;
+        const CheckResult r = reg().find(op)->check(s, seed, o);
+        std::printf("%s native cfg %s [%s] seed %llu: %s\n%s", op.c_str(), cfg.c_str(), shape_to_string(s).c_str(),
+                    static_cast<unsigned long long>(seed), r.pass() ? "pass" : "FAIL",
+                    format_metric_table(r.tensors).c_str());
+        EXPECT_TRUE(r.pass()) << op << " " << shape_to_string(s) << "\n" << r.note;
+      }
 }
 
 INSTANTIATE_TEST_SUITE_P(Backends, AttnBackends, ::testing::Values("native", "cudnn"));
@@ -169,12 +176,16 @@ TEST(AttnGpu, NativeBackwardIsDeterministic) {
   attn::fill_uniform_bf16(k.get(), s.kv_elems(), 2, 1.7f, nullptr);
   attn::fill_uniform_bf16(v.get(), s.kv_elems(), 3, 1.7f, nullptr);
   attn::fill_uniform_bf16(dout.get(), s.q_elems(), 4, 1.7f, nullptr);
-  const Outs a = run_backend("native", s, q, k, v, dout);
-  const Outs b = run_backend("native", s, q, k, v, dout);
-  EXPECT_EQ(a.o, b.o);
-  EXPECT_EQ(a.dq, b.dq);
-  EXPECT_EQ(a.dk, b.dk);
-  EXPECT_EQ(a.dv, b.dv);
+  for (int cfg : {0, 1}) {
+    attn::native_set_bwd_config(cfg);
+    const Outs a = run_backend("native", s, q, k, v, dout);
+    const Outs b = run_backend("native", s, q, k, v, dout);
+    attn::native_set_bwd_config(0);
+    EXPECT_EQ(a.o, b.o) << "bwd config " << cfg;
+    EXPECT_EQ(a.dq, b.dq) << "bwd config " << cfg;
+    EXPECT_EQ(a.dk, b.dk) << "bwd config " << cfg;
+    EXPECT_EQ(a.dv, b.dv) << "bwd config " << cfg;
+  }
 }
 
 TEST(AttnGpu, DispatcherRecordsAndRefusals) {
@@ -271,22 +282,33 @@ TEST(AttnBench, SpeedBar) {
                        {"bwd", {{"median_ms", b.median_ms}, {"min_ms", b.min_ms}, {"max_ms", b.max_ms}, {"runs", b.runs}, {"extra", b.extra}, {"kernels", b.kernels}}}});
         const bool ab = !std::getenv("MEGACPP_ATTN_AB") || std::string(std::getenv("MEGACPP_ATTN_AB")) != "0";
         if (ab && std::string(be) == "native") {  // A/B of the alternative tile configs
-          o.flags["native-fwd-config"] = "1";
-          const BenchResult f1 = reg().find("attn_fwd")->bench(sh, o);
-          o.flags.erase("native-fwd-config");
-          std::printf("%-7s %-4lld %-6lld %-3lld %-5s | %9.3f %7.1f |\n", be, static_cast<long long>(D),
-                      static_cast<long long>(S), static_cast<long long>(32768 / S), "fwd1", f1.median_ms,
-                      f1.extra.value("tflops", 0.0));
-          all.back()["fwd_alt"] = {{"median_ms", f1.median_ms}, {"extra", f1.extra}};
-          for (int c = 1; c <= 3; ++c) {
+          // MEGACPP_ATTN_AB_FWD_CFGS / _BWD_CFGS: digits of the configs to A/B (default "12" / "1").
+          const char* fe = std::getenv("MEGACPP_ATTN_AB_FWD_CFGS");
+          const char* bw = std::getenv("MEGACPP_ATTN_AB_BWD_CFGS");
+          const std::string fcfgs = fe ? fe : "12", bcfgs = bw ? bw : "1";
+          for (char fc : fcfgs) {
+            o.flags["native-fwd-config"] = std::string(1, fc);
+            const BenchResult f1 = reg().find("attn_fwd")->bench(sh, o);
+            o.flags.erase("native-fwd-config");
+            std::printf("%-7s %-4lld %-6lld %-3lld fwd%c  | %9.3f %7.1f |\n", be, static_cast<long long>(D),
+                        static_cast<long long>(S), static_cast<long long>(32768 / S), fc, f1.median_ms,
+                        f1.extra.value("tflops", 0.0));
+            all.back()[std::string("fwd_cfg") + fc] = {{"median_ms", f1.median_ms}, {"min_ms", f1.min_ms},
+                                                       {"max_ms", f1.max_ms}, {"extra", f1.extra}};
+          }
+          for (char bc : bcfgs) {
+            const int c = bc - '0';
             o.flags["native-bwd-config"] = std::to_string(c);
-            if (c == 1) o.flags["profile"] = "0";
+            o.flags["profile"] = "1";
             const BenchResult b1 = reg().find("attn_bwd")->bench(sh, o);
             std::printf("%-7s %-4lld %-6lld %-3lld bwd%d  | %9s %7s | %9.3f %7.1f | %11.3f %7.1f |\n", be,
                         static_cast<long long>(D), static_cast<long long>(S), static_cast<long long>(32768 / S), c, "",
                         "", b1.median_ms, b1.extra.value("tflops", 0.0), b1.extra.value("fwd_bwd_median_ms", 0.0),
                         b1.extra.value("fwd_bwd_tflops", 0.0));
-            all.back()["bwd_cfg" + std::to_string(c)] = {{"median_ms", b1.median_ms}, {"extra", b1.extra}};
+            all.back()["bwd_cfg" + std::to_string(c)] = {{"median_ms", b1.median_ms}, {"min_ms", b1.min_ms},
+                                                         {"max_ms", b1.max_ms}, {"extra", b1.extra}};
+            if (b1.extra.contains("profile_ms"))
+              std::printf("        native bwd%d kernels (ms): %s\n", c, b1.extra["profile_ms"].dump().c_str());
           }
           o.flags.erase("native-bwd-config");
         }
