@@ -36,7 +36,8 @@ nlohmann::json to_json(const Recipe& r) {
   nlohmann::json config = {
       {"model", model},
       {"train", train},
-      {"parallel", {{"tp", r.parallel.tp}, {"ep", r.parallel.ep}, {"zero", r.parallel.zero}, {"timeout_s", r.parallel.timeout_s}}},
+      {"parallel", {{"tp", r.parallel.tp}, {"ep", r.parallel.ep}, {"zero", r.parallel.zero}, {"timeout_s", r.parallel.timeout_s},
+                    {"overlap_grad_reduce", r.parallel.overlap_grad_reduce}}},
       {"data", {{"source", r.data.source}, {"inputs", r.data.inputs}, {"include", r.data.include}, {"dir", r.data.dir},
                 {"val_fraction", r.data.val_fraction}, {"tokenizer", r.data.tokenizer}}},
       {"features", {{"psiv_cache", r.features.psiv_cache}, {"fused_moe", r.features.fused_moe},

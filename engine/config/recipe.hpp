@@ -113,6 +113,9 @@ struct ParallelConfig {
   int64_t ep = 1;
   int64_t zero = 0;  // 0 | 1
   double timeout_s = 600;
+  // CUDA backend, pure data parallelism: reduce the gradient buckets during the last micro-batch's
+  // backward (true), or after it (false). Same buckets, same order: the result is bit-identical.
+  bool overlap_grad_reduce = true;
 };
 
 struct DataConfig {

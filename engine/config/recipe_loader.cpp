@@ -112,6 +112,7 @@ const std::vector<Field>& fields() {
       MC_FIELD("parallel.ep", Int, parallel.ep, 1, 1 << 16, {}),
       MC_FIELD("parallel.zero", Int, parallel.zero, 0, 1, {}),
       MC_FIELD("parallel.timeout_s", Double, parallel.timeout_s, 1.0, 86400.0, {}),
+      MC_FIELD("parallel.overlap_grad_reduce", Bool, parallel.overlap_grad_reduce, 0, 0, {}),
       // data
       MC_FIELD("data.source", String, data.source, 0, 0, {"libstdcxx", "dir"}),
       MC_FIELD("data.inputs", StringList, data.inputs, 0, 0, {}),

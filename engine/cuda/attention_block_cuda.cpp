@@ -15,6 +15,9 @@
 // The attention backend is resolved at construction for the largest shape (B = max_tokens/seq_len,
 // S = seq_len): cuDNN plans are built there (build time in record()), the workspace is reserved as
 // scratch. A smaller shape at run time is resolved again (plan cache) and its workspace checked.
+// Tensor parallelism (the CPU twin's contract): this rank holds heads/tp query heads and kv_heads/tp KV
+// heads (qkv rows [q_r | k_r | v_r] column-parallel, out's columns row-parallel); y is all-reduced over TP
+// after the output projection, dx after the QKV projection's backward. RoPE is per position: unchanged.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -37,6 +40,15 @@ class AttentionCuda final : public DeviceBlock {
     const auto& m = b.recipe->model;
     const auto& a = m.attention;
     hidden_ = m.hidden, H_ = a.heads, Hk_ = a.kv_heads, D_ = a.head_dim;
+    const int64_t tp = tp_size(b.mp);
+    if (tp > 1) {
+      if (H_ % tp != 0 || Hk_ % tp != 0 || b.tp == nullptr || b.tp->size() != tp)
+        throw std::runtime_error("attention on CUDA: parallel.tp=" + std::to_string(tp) +
+                                 " must divide model.attention.heads=" + std::to_string(H_) + " and kv_heads=" +
+                                 std::to_string(Hk_) + " (with a TP group)");
+      H_ /= tp, Hk_ /= tp;  // this rank's heads (the layout holds the local shards)
+      tp_ = b.tp;
+    }
     theta_ = a.rope_theta, rope_ = a.rope;
     W_ = (H_ + 2 * Hk_) * D_;
     if (H_ <= 0 || Hk_ <= 0 || D_ <= 0 || H_ % Hk_ != 0)
@@ -49,9 +61,6 @@ class AttentionCuda final : public DeviceBlock {
     if (rope_ && !(theta_ > 0))
       throw std::runtime_error("attention on CUDA: model.attention.rope_theta must be > 0 (got " +
                                std::to_string(theta_) + ")");
-    if (b.recipe->parallel.tp != 1)
-      throw std::runtime_error("parallel.tp=" + std::to_string(b.recipe->parallel.tp) +
-                               ": not supported by the attention block on the CUDA backend (supported: 1)");
     const std::string& be = b.recipe->features.attention_backend;
     try {
       backend_ = attn::parse_backend(be);
@@ -65,7 +74,7 @@ class AttentionCuda final : public DeviceBlock {
                                std::to_string(p_.numel(w_qkv_)) + ", " + std::to_string(p_.numel(w_o_)) +
                                " elements) do not match heads=" + std::to_string(H_) + " kv_heads=" +
                                std::to_string(Hk_) + " head_dim=" + std::to_string(D_) + " hidden=" +
-                               std::to_string(hidden_) + " (tensor-parallel shards are not supported here)");
+                               std::to_string(hidden_) + " (per TP rank)");
 
     // The largest shape this block will see: resolve both directions now (cuDNN plan build time here).
     const int64_t M = b.max_tokens;
@@ -111,6 +120,7 @@ class AttentionCuda final : public DeviceBlock {
     last_fwd_ = run_checked([&] { return attn::attention_fwd(backend_, s, fa, ws, ws_bytes, st); });
     has_fwd_ = true;
     to::linear_fwd(o_.get(), p_.w(w_o_), y, M, H_ * D_, hidden_, st);
+    if (tp_) tp_->all_reduce(y, static_cast<std::size_t>(M * hidden_), st);  // row-parallel out: partial sums
   }
 
   void backward(const bf16* dy, bf16* dx, int64_t B, int64_t S, cudaStream_t st) override {
@@ -142,6 +152,7 @@ class AttentionCuda final : public DeviceBlock {
     // QKV projection.
     to::linear_bwd_dw(dqkv, x_, p_.g(w_qkv_), M, hidden_, W_, st);
     to::linear_bwd_dx(dqkv, p_.w(w_qkv_), dx, M, hidden_, W_, false, st);
+    if (tp_) tp_->all_reduce(dx, static_cast<std::size_t>(M * hidden_), st);  // column-parallel qkv: partial dx
   }
 
   nlohmann::json record() const override {
@@ -149,6 +160,7 @@ class AttentionCuda final : public DeviceBlock {
     j["block"] = "attention";
     j["requested"] = attn::backend_name(backend_);
     j["shape_max"] = {{"B", B_max_}, {"S", S_max_}, {"heads", H_}, {"kv_heads", Hk_}, {"head_dim", D_}};
+    j["tp"] = tp_ ? tp_->size() : 1;  // heads above are this rank's
     j["rope"] = rope_ ? nlohmann::json(theta_) : nlohmann::json("off");
     j["qkv_split"] = "cudaMemcpy2DAsync (3 strided device copies per direction)";
     j["resolved_fwd"] = plan_fwd_.to_json();  // at construction, for shape_max (cuDNN build_ms there)
@@ -227,6 +239,7 @@ class AttentionCuda final : public DeviceBlock {
   bool rope_ = true;
   attn::Backend backend_ = attn::Backend::Auto;
   int w_qkv_ = -1, w_o_ = -1;
+  DeviceCollectives* tp_ = nullptr;  // TP group (null: no TP)
   attn::AttnRecord plan_fwd_, plan_bwd_, last_fwd_, last_bwd_;
   bool has_fwd_ = false, has_bwd_ = false;
   std::size_t ws_fwd_ = 0, ws_bwd_ = 0;
@@ -238,7 +251,7 @@ class AttentionCuda final : public DeviceBlock {
 }  // namespace
 
 std::unique_ptr<DeviceBlock> make_attention_cuda(const BlockBuild& b) {
-  refuse_model_parallel(b, "A");
+  // TP per the CPU twin; EP does not concern this block.
   return std::make_unique<AttentionCuda>(b);
 }
 

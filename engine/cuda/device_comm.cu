@@ -10,6 +10,7 @@
 #include "kernels/common/host_rng.hpp"
 
 namespace megacpp::cuda_backend {
+
 namespace {
 
 __global__ void bf16_to_f32_kernel(const __nv_bfloat16* x, float* y, std::size_t n) {

@@ -14,6 +14,13 @@
 // Scratch (backward): r, dr, dm bf16 [M,NV]; do, dv fp32 [M,NV]; du bf16 [M,P]; dq, dk fp32 [M,K]; df fp32 [M,N];
 //   the scan's workspace (2·M·N·K + …), the rmsnorm and conv workspaces. x is the model's saved pre-norm output.
 // State-gradient clipping follows model.m2rnn.grad_clip (off | kernel | total, clip value 1 as the CPU twin).
+// Tensor parallelism (the CPU twin's tp_forward/tp_backward): this rank holds heads/tp heads (w_in's v, φ, g
+// columns, conv_w's v rows, A_log, dt_bias, W, D, gamma and w_out's rows sharded; the shared q/k columns of
+// w_in and rows of conv_w replicated, their gradients left PARTIAL for the trainer: tp_replicated ranges).
+// The output RMSNorm runs over all N·V channels: its row statistics Σm² (forward) and Σ dr·γ·m (backward)
+// are all-reduced over TP (kernels/train_ops/rmsnorm_tp); y is all-reduced after w_out, dx after w_in's
+// backward. Saved in addition under TP: Σm² over all heads (fp32 [M]) so the backward's recompute of r is
+// the forward's bit for bit.
 #include <algorithm>
 #include <stdexcept>
 #include <string>
@@ -23,6 +30,7 @@
 #include "kernels/m2rnn/m2rnn_scan.hpp"
 #include "kernels/train_ops/linear.hpp"
 #include "kernels/train_ops/rmsnorm.hpp"
+#include "kernels/train_ops/rmsnorm_tp.hpp"
 
 namespace megacpp::cuda_backend {
 namespace {
@@ -50,6 +58,14 @@ class M2rnnCuda final : public DeviceBlock {
                                std::to_string(gl::kMaxConvWidth) + ")");
     if (N_ < 1)
       throw std::runtime_error("model.m2rnn.heads: " + std::to_string(N_) + " must be >= 1");
+    NV_full_ = N_ * V_;
+    if (const int64_t tp = tp_size(b.mp); tp > 1) {
+      if (N_ % tp != 0 || b.tp == nullptr || b.tp->size() != tp)
+        throw std::runtime_error("m2rnn on CUDA: parallel.tp=" + std::to_string(tp) + " does not divide model.m2rnn.heads=" +
+                                 std::to_string(N_) + " (with a TP group)");
+      N_ /= tp;  // this rank's heads (the layout's local shards)
+      tp_ = b.tp;
+    }
     if (b.seq_len % 32 != 0)
       throw std::runtime_error("train.seq_len: " + std::to_string(b.seq_len) +
                                " is not supported by the R block on the CUDA backend (supported there: multiples of 32)");
@@ -92,6 +108,7 @@ class M2rnnCuda final : public DeviceBlock {
     rstd_ = arena_.persistent<float>(Mx, pre + "rstd");
     ckpt_floats_ = ckpt_floats(max_tokens_);
     ckpt_ = arena_.persistent<float>(ckpt_floats_, pre + "scan_ckpt");
+    if (tp_) ss_ = arena_.persistent<float>(Mx, pre + "norm_sumsq_all_heads");
 
     // The scan's backward workspace depends on B (dW / dD partials per b): bound B by max_tokens / 32.
     const int64_t b_max = std::max<int64_t>(1, max_tokens_ / 32);
@@ -124,11 +141,18 @@ class M2rnnCuda final : public DeviceBlock {
     gl::out_gate_fwd(o, u, ldu_, C_ + N_, m, M, NV_, st);
     ScratchCarver sc(arena_.scratch(), arena_.scratch_bytes());
     bf16* r = sc.take<bf16>(static_cast<std::size_t>(M * NV_));
-    to::rmsnorm_fwd(m, p_.w(gamma_), r, rstd_.get(), M, NV_, eps_, st);
+    if (!tp_) {
+      to::rmsnorm_fwd(m, p_.w(gamma_), r, rstd_.get(), M, NV_, eps_, st);
+    } else {  // the norm over all heads' channels: Σm² all-reduced over TP
+      to::rmsnorm_tp_sumsq(m, ss_.get(), M, NV_, st);
+      tp_->all_reduce(ss_.get(), static_cast<std::size_t>(M), st);
+      to::rmsnorm_tp_apply(m, p_.w(gamma_), ss_.get(), r, rstd_.get(), M, NV_, NV_full_, eps_, st);
+    }
     to::GemmDesc gout;  // y[M,d] = r[M,NV] · W_out[NV,d]
     gout.m = M, gout.n = hidden_, gout.k = NV_, gout.lda = NV_, gout.ldb = hidden_, gout.ldd = hidden_;
     gout.out = to::GemmOut::bf16;
     to::gemm_rm(gout, r, p_.w(w_out_), y, 1.0f, 0.0f, st);
+    if (tp_) tp_->all_reduce(y, static_cast<std::size_t>(M * hidden_), st);  // row-parallel w_out
   }
 
   void backward(const bf16* dy, bf16* dx, int64_t B, int64_t S, cudaStream_t st) override {
@@ -154,7 +178,8 @@ class M2rnnCuda final : public DeviceBlock {
     const float* u = u_.get();
 
     // Out-projection: recompute r; dW_out[NV,d] += rᵀ·dy; dr[M,NV] = dy · W_outᵀ.
-    to::rmsnorm_fwd(m_.get(), p_.w(gamma_), r, rstd2, M, NV_, eps_, st);
+    if (!tp_) to::rmsnorm_fwd(m_.get(), p_.w(gamma_), r, rstd2, M, NV_, eps_, st);
+    else to::rmsnorm_tp_apply(m_.get(), p_.w(gamma_), ss_.get(), r, rstd2, M, NV_, NV_full_, eps_, st);  // saved Σm²
     to::GemmDesc gw;
     gw.ta = true, gw.m = NV_, gw.n = hidden_, gw.k = M, gw.lda = NV_, gw.ldb = hidden_, gw.ldd = hidden_;
     gw.out = to::GemmOut::f32;
@@ -164,7 +189,14 @@ class M2rnnCuda final : public DeviceBlock {
     gd.out = to::GemmOut::bf16;
     to::gemm_rm(gd, dy, p_.w(w_out_), dr, 1.0f, 0.0f, st);
     // Norm (dγ accumulated) and gate: do (fp32, the scan's dout) and dg → du[:, C+N:].
-    to::rmsnorm_bwd(m_.get(), p_.w(gamma_), rstd_.get(), dr, nullptr, dm, p_.g(gamma_), rms_ws, M, NV_, st);
+    if (!tp_) {
+      to::rmsnorm_bwd(m_.get(), p_.w(gamma_), rstd_.get(), dr, nullptr, dm, p_.g(gamma_), rms_ws, M, NV_, st);
+    } else {  // Σ dr·γ·m over all heads' channels, all-reduced over TP (rstd2's buffer is free again)
+      float* dot = rstd2;
+      to::rmsnorm_tp_bwd_dot(m_.get(), p_.w(gamma_), dr, dot, M, NV_, st);
+      tp_->all_reduce(dot, static_cast<std::size_t>(M), st);
+      to::rmsnorm_tp_bwd(m_.get(), p_.w(gamma_), rstd_.get(), dr, dot, dm, p_.g(gamma_), rms_ws, M, NV_, NV_full_, st);
+    }
     gl::out_gate_bwd(dm, o_.get(), u, ldu_, C_ + N_, dout, du, M, NV_, st);
     // Scan BPTT: dq, dk, dv, df overwritten; dW, dD overwritten into scratch, then accumulated.
     const m2rnn::GpuScanArgs a = scan_args(B, S);
@@ -187,11 +219,15 @@ class M2rnnCuda final : public DeviceBlock {
     gdx.tb = true, gdx.m = M, gdx.n = hidden_, gdx.k = P_, gdx.lda = ldu_, gdx.ldb = P_, gdx.ldd = hidden_;
     gdx.out = to::GemmOut::bf16;
     to::gemm_rm(gdx, du, p_.w(w_in_), dx, 1.0f, 0.0f, st);
+    // This rank's heads' part of dx (and the partial q/k part); w_in's q/k columns and conv_w's q/k rows
+    // keep partial gradients (tp_replicated) for the trainer.
+    if (tp_) tp_->all_reduce(dx, static_cast<std::size_t>(M * hidden_), st);
   }
 
   nlohmann::json record() const override {
     return {{"block", "m2rnn"},
             {"heads", N_},
+            {"tp", tp_ ? tp_->size() : 1},
             {"key_dim", K_},
             {"value_dim", V_},
             {"conv_width", w_},
@@ -254,6 +290,9 @@ class M2rnnCuda final : public DeviceBlock {
   const DeviceParams& p_;
   DeviceArena& arena_;
   int64_t hidden_ = 0, N_ = 0, K_ = 0, V_ = 0, w_ = 0, NV_ = 0, C_ = 0, P_ = 0, ldu_ = 0, max_tokens_ = 0;
+  int64_t NV_full_ = 0;               // N·V over all TP ranks (the output norm's channel count)
+  DeviceCollectives* tp_ = nullptr;   // TP group (null: no TP)
+  DevPtr<float> ss_;                  // TP: Σm² over all heads per token (saved)
   float eps_ = 1e-5f;
   m2rnn::Clip clip_ = m2rnn::Clip::Off;
   int w_in_ = -1, conv_w_ = -1, A_log_ = -1, dt_bias_ = -1, W_ = -1, D_ = -1, gamma_ = -1, w_out_ = -1;
@@ -266,7 +305,7 @@ class M2rnnCuda final : public DeviceBlock {
 }  // namespace
 
 std::unique_ptr<DeviceBlock> make_m2rnn_cuda(const BlockBuild& b) {
-  refuse_model_parallel(b, "R");
+  // TP per the CPU twin; EP does not concern this block.
   return std::make_unique<M2rnnCuda>(b);
 }
 

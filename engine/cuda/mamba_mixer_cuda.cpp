@@ -8,6 +8,11 @@
 // Backward: out_proj bwd → mimo_bwd (workspace in scratch) → the scan's parameter gradients (written into
 // scratch by the kernels, then added into the grad views) → glue backward (dproj, dang, += dt_bias/B_norm/
 // C_norm grads) → dW_in, dW_ang, dx = dproj·W_in + dang·W_ang. Deterministic: no float atomics anywhere.
+// Tensor parallelism (the CPU twin's contract and the seeds' TP mixer): this rank holds heads/tp heads and
+// ngroups/tp groups (in_proj column-parallel over z, x, B, C, dd_dt, dd_A, trap; the per-head parameters
+// sharded; out_proj row-parallel); angle_proj, B_norm and C_norm replicated, their gradients left PARTIAL
+// (tp_grad_partial: the trainer all-reduces them). y is all-reduced over TP after out_proj; dx (which
+// includes this rank's part of dang·W_ang) after the input projections' backward.
 #include <algorithm>
 #include <stdexcept>
 #include <string>
@@ -37,6 +42,14 @@ class MambaMixerCuda final : public DeviceBlock {
     hidden_ = m.hidden;
     d_inner_ = mamba_d_inner(m);
     H_ = mamba_heads(m), P_ = mm.head_dim, G_ = mm.ngroups, R_ = mm.mimo_rank, N_ = mm.state_dim, L_ = mm.chunk_size;
+    if (const int64_t tp = tp_size(b.mp); tp > 1) {
+      if (H_ % tp != 0 || G_ % tp != 0 || b.tp == nullptr || b.tp->size() != tp)
+        throw std::runtime_error("M block on CUDA: parallel.tp=" + std::to_string(tp) + " must divide the Mamba heads (" +
+                                 std::to_string(H_) + ") and model.mamba.ngroups (" + std::to_string(G_) +
+                                 ") (with a TP group)");
+      H_ /= tp, G_ /= tp, d_inner_ = H_ * P_;  // this rank's heads and groups (the layout's local shards)
+      tp_ = b.tp;
+    }
     n_ang_ = mamba_n_angles(mm);
     GRN_ = G_ * R_ * N_;
     dip_ = 2 * d_inner_ + 2 * GRN_ + 3 * H_;
@@ -115,6 +128,7 @@ class MambaMixerCuda final : public DeviceBlock {
     fa.out = bits(out_.get());
     mimo::mimo_fwd(md, fa, st);
     to::linear_fwd(out_.get(), p_.w(w_out_), y, M, d_inner_, hidden_, st);
+    if (tp_) tp_->all_reduce(y, static_cast<std::size_t>(M * hidden_), st);  // row-parallel out_proj
   }
 
   void backward(const bf16* dy, bf16* dx, int64_t B, int64_t S, cudaStream_t st) override {
@@ -171,11 +185,16 @@ class MambaMixerCuda final : public DeviceBlock {
     to::linear_bwd_dw(dang, x_, p_.g(w_ang_), M, hidden_, n_ang_, st);
     to::linear_bwd_dx(dproj, p_.w(w_in_), dx, M, hidden_, dip_, false, st);
     to::linear_bwd_dx(dang, p_.w(w_ang_), dx, M, hidden_, n_ang_, true, st);
+    // dproj and dang hold this rank's heads only: dx is summed here; the angle_proj / B_norm / C_norm
+    // gradients stay partial (tp_grad_partial in the layout) for the trainer's TP reduction.
+    if (tp_) tp_->all_reduce(dx, static_cast<std::size_t>(M * hidden_), st);
   }
 
   nlohmann::json record() const override {
     const mimo::MimoDims md = dims(1, static_cast<int>(L_));
     return {{"block", "mamba3_mimo"},
+            {"tp", tp_ ? tp_->size() : 1},
+            {"heads_local", H_},
             {"psiv_cache", psiv_},
             {"chunk", L_},
             {"chunk_internal", md.Lc},
@@ -272,6 +291,7 @@ class MambaMixerCuda final : public DeviceBlock {
   std::size_t ws_bytes_ = 0;
   int w_in_ = -1, w_ang_ = -1, w_out_ = -1, dt_bias_ = -1, b_bias_ = -1, c_bias_ = -1, b_norm_ = -1, c_norm_ = -1,
       psi_ = -1, zeta_ = -1, phi_ = -1, d_ = -1;
+  DeviceCollectives* tp_ = nullptr;  // TP group (null: no TP)
   const bf16* x_ = nullptr;
   DevPtr<bf16> proj_, ang_, out_, psiv_cache_;
   DevPtr<float> rstd_b_, rstd_c_;
@@ -280,7 +300,7 @@ class MambaMixerCuda final : public DeviceBlock {
 }  // namespace
 
 std::unique_ptr<DeviceBlock> make_mamba_mixer_cuda(const BlockBuild& b) {
-  refuse_model_parallel(b, "M");
+  // TP per the CPU twin; EP does not concern this block.
   return std::make_unique<MambaMixerCuda>(b);
 }
 

@@ -28,14 +28,33 @@
 // scales only the gradient, so stats()/aux_losses() keep reporting the unscaled losses like the twin.
 // The test checks this scaling against the twin with s ≠ 1.
 //
+// Expert parallelism and expert TP (issue 8; the CPU twin's contract, engine/model/parallel.hpp):
+//   EP (b.mp->ep_size = P > 1): this rank's layout holds experts [q·E/P, (q+1)·E/P) of w1/w2 (EP rank q);
+//     the router and the shared expert are replicated. MoeBlockGpu runs with MoeGpuOptions::ep: routing over
+//     all E on this rank's tokens (aux and z losses as on one rank, like the twin), the expert-sorted rows
+//     of each owner's experts sent with one all-to-all over b.ep (DeviceCollectives: NCCL, or staged through
+//     the in-process communicator), the owner's expert GEMMs, the outputs sent back; backward mirrored.
+//     Fused path only (features.fused_moe=standard with ep > 1 is refused, naming the limit).
+//   TP (b.mp->tp_size = t > 1): every FFN (routed and shared) holds its F/t (S/t) columns of w1 (gate and up
+//     rows) and rows of w2: MoeBlockGpu runs with ffn_hidden = F/t, shared_hidden = S/t and produces a
+//     partial y, all-reduced over b.tp (fp32 sum of the bf16 partials); backward: the auxiliary terms'
+//     gradient scale is divided by t (every TP rank adds them; the TP sums of dx and of the router gradient,
+//     which the layout marks tp_grad_partial, count them once — exactly the twin), and dx is all-reduced
+//     over b.tp.
+//     Tested on the H100 (tests/engine/cuda/test_cuda_ep.cpp): EP2, EP4, EP2 with a D layer (bitwise equal to
+//     the ep = 1 model), TP2 and TP2×EP2.
+//   Each exchange is blocking (host waits): record() counts the host synchronisations.
+//
 // Token count: MoeBlockGpu is sized for a fixed T (its slot count and sort chunks are fixed at construction):
 // forward/backward accept only B·S = max_tokens and throw otherwise (a smaller micro-batch would need a
 // second object, i.e. a second copy of its memory).
 #include <cuda_runtime.h>
 
+#include <cstdlib>
 #include <memory>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "engine/cuda/blocks.hpp"
 #include "engine/model/moe_block.hpp"
@@ -61,10 +80,13 @@ class MoeBlockCuda final : public DeviceBlock {
     if (m.score != "softmax" && m.score != "sigmoid")
       throw std::runtime_error("model.moe.score: '" + m.score +
                                "' is not available on the CUDA backend (supported there: softmax, sigmoid)");
-    if (r.parallel.ep != 1)
-      throw std::runtime_error("parallel.ep=" + std::to_string(r.parallel.ep) +
-                               ": expert parallelism is not available for the MoE block on the CUDA backend "
-                               "(supported there: 1)");
+    // The layout (Model<float> built with b.mp) decides the shards; the recipe's parallel.* is not read here.
+    ep_size_ = ep_size(b.mp), ep_rank_ = ep_rank(b.mp), tp_size_ = tp_size(b.mp);
+    if (ep_size_ > 1 && (!b.ep || b.ep->size() != ep_size_))
+      throw std::logic_error("MoE block on CUDA: ep=" + std::to_string(ep_size_) + " without a matching EP collective group");
+    if (tp_size_ > 1 && (!b.tp || b.tp->size() != tp_size_))
+      throw std::logic_error("MoE block on CUDA: tp=" + std::to_string(tp_size_) + " without a matching TP collective group");
+    tpc_ = tp_size_ > 1 ? b.tp : nullptr;
     requested_ = r.features.fused_moe;
     if (requested_ == "fused" || requested_ == "true") path_ = moe::Path::Fused;
     else if (requested_ == "standard" || requested_ == "false") path_ = moe::Path::Standard;
@@ -79,9 +101,31 @@ class MoeBlockCuda final : public DeviceBlock {
     } catch (const std::exception& e) {
       throw std::runtime_error(std::string("model.moe on the CUDA backend: ") + e.what());
     }
+    if (cfg_.experts % ep_size_ != 0)
+      throw std::runtime_error("parallel.ep=" + std::to_string(ep_size_) + " does not divide model.moe.experts=" +
+                               std::to_string(cfg_.experts));
+    if (cfg_.ffn_hidden % tp_size_ != 0 || cfg_.shared_hidden % tp_size_ != 0)
+      throw std::runtime_error("parallel.tp=" + std::to_string(tp_size_) + " must divide model.moe.ffn_hidden=" +
+                               std::to_string(cfg_.ffn_hidden) + " and shared_expert_hidden=" +
+                               std::to_string(cfg_.shared_hidden));
+    if (tp_size_ > 1) {  // this rank's columns of every FFN (the twin's local widths)
+      cfg_.ffn_hidden /= tp_size_, cfg_.shared_hidden /= tp_size_;
+      try {
+        cfg_.validate();
+      } catch (const std::exception& e) {
+        throw std::runtime_error("model.moe on the CUDA backend with parallel.tp=" + std::to_string(tp_size_) +
+                                 " (per-rank widths ffn_hidden/tp, shared_expert_hidden/tp): " + e.what());
+      }
+    }
+    if (ep_size_ > 1 && path_ != moe::Path::Fused)
+      throw std::runtime_error("features.fused_moe: '" + requested_ + "' with parallel.ep=" + std::to_string(ep_size_) +
+                               " is not available on the CUDA backend (expert parallelism runs on the fused path "
+                               "only; supported: fused, true)");
 
     // Parameters by the twin's names; element counts = moe.hpp's layouts.
-    const moe::MoeParamSizes sz = moe::param_sizes(cfg_);
+    moe::MoeParamSizes sz = moe::param_sizes(cfg_);
+    sz.w1 = sz.w1 / cfg_.experts * (cfg_.experts / ep_size_);  // EP: this rank's experts only
+    sz.w2 = sz.w2 / cfg_.experts * (cfg_.experts / ep_size_);
     auto find = [&](const char* n, int64_t want) {
       const int i = p_.index(prefix_ + n);
       if (p_.numel(i) != want)
@@ -107,7 +151,15 @@ class MoeBlockCuda final : public DeviceBlock {
     std::size_t free0 = 0, free1 = 0, total = 0;
     MEGACPP_CUDA_CHECK(cudaMemGetInfo(&free0, &total));
     try {
-      moe_ = std::make_unique<moe::MoeBlockGpu>(cfg_, path_, own_, moe::MoeGpuOptions{});
+      moe::MoeGpuOptions opt{};
+      if (ep_size_ > 1) {
+        opt.ep.size = ep_size_, opt.ep.rank = ep_rank_;
+        DeviceCollectives* epc = b.ep;
+        opt.ep.all_to_all_v = [epc](const void* s, const std::vector<std::size_t>& sb, const std::vector<std::size_t>& so,
+                                    void* rv, const std::vector<std::size_t>& rb, const std::vector<std::size_t>& ro,
+                                    cudaStream_t st) { epc->all_to_all_v(s, sb, so, rv, rb, ro, st); };
+      }
+      moe_ = std::make_unique<moe::MoeBlockGpu>(cfg_, path_, own_, opt);
     } catch (...) {
       release();
       throw;
@@ -124,8 +176,9 @@ class MoeBlockCuda final : public DeviceBlock {
     check_tokens(B, S, "forward");
     x_ = x;
     enter(st);
-    moe_->forward(x, params(), y);  // synchronises the host once on the per-expert counts
+    moe_->forward(x, params(), y);  // synchronises the host once on the per-expert counts (+3 exchanges with EP)
     leave(st);
+    if (tpc_) tpc_->all_reduce(y, static_cast<std::size_t>(B * S * cfg_.hidden), st);  // partial FFN outputs
     const moe::MoeStepStats& s = moe_->stats();
     aux_.aux = s.aux_loss;
     aux_.z = s.z_loss;
@@ -149,8 +202,10 @@ class MoeBlockCuda final : public DeviceBlock {
     take(router_, g.router), take(w1_, g.w1), take(w2_, g.w2), take(s1_, g.s1), take(s2_, g.s2);
     enter(st);
     // The auxiliary terms' gradient scaled like the twin's; dx and the scratch gradients are overwritten.
-    moe_->backward(x_, params(), dy, dx, g, aux_scale_);
+    // TP: every rank adds the (replicated) auxiliary terms; the TP sums must count them once.
+    moe_->backward(x_, params(), dy, dx, g, aux_scale_ / static_cast<double>(tp_size_));
     leave(st);
+    if (tpc_) tpc_->all_reduce(dx, static_cast<std::size_t>(B * S * cfg_.hidden), st);
     moe::grad_add_segments(seg, nseg, st);  // grad views += scratch (deterministic, on the caller's stream)
   }
 
@@ -163,7 +218,16 @@ class MoeBlockCuda final : public DeviceBlock {
     j["requested"] = requested_;
     j["note"] = moe_->note();
     j["config"] = cfg_.to_string();
-    j["host_syncs_per_forward"] = 1;  // MoeBlockGpu reads the per-expert counts on the host
+    // MoeBlockGpu reads the per-expert counts on the host; EP adds 3 blocking exchanges per forward (counts,
+    // rows out, rows back) and 2 per backward; TP one blocking all-reduce each way.
+    j["host_syncs_per_forward"] = 1 + (ep_size_ > 1 ? 3 : 0) + (tp_size_ > 1 ? 1 : 0);
+    j["host_syncs_per_backward"] = (ep_size_ > 1 ? 2 : 0) + (tp_size_ > 1 ? 1 : 0);
+    j["ep"] = ep_size_;
+    j["ep_rank"] = ep_rank_;
+    j["tp"] = tp_size_;
+    j["local_experts"] = cfg_.experts / ep_size_;
+    j["local_ffn_hidden"] = cfg_.ffn_hidden;
+    j["local_shared_hidden"] = cfg_.shared_hidden;
     j["moe_object_device_bytes"] = object_bytes_;  // measured around its constructor (cudaMemGetInfo)
     j["grad_scratch_bytes"] = grad_scratch_bytes_;
     if (have_forward_) {
@@ -171,6 +235,7 @@ class MoeBlockCuda final : public DeviceBlock {
       j["kept_rows"] = s.kept_rows;
       j["padded_rows"] = s.padded_rows;
       j["dropped_frac"] = s.router.dropped_frac;
+      if (ep_size_ > 1) j["ep_recv_rows"] = s.ep_recv_rows, j["ep_sent_rows"] = s.ep_sent_rows;
     }
     return j;
   }
@@ -214,6 +279,8 @@ class MoeBlockCuda final : public DeviceBlock {
   moe::Path path_ = moe::Path::Fused;
   moe::MoeConfig cfg_;
   double aux_scale_ = 1.0;
+  int ep_size_ = 1, ep_rank_ = 0, tp_size_ = 1;
+  DeviceCollectives* tpc_ = nullptr;  // TP group (tp > 1 only)
   int router_ = -1, w1_ = -1, w2_ = -1, s1_ = -1, s2_ = -1;
   std::size_t grad_scratch_bytes_ = 0;
   int64_t object_bytes_ = 0;
@@ -228,7 +295,6 @@ class MoeBlockCuda final : public DeviceBlock {
 }  // namespace
 
 std::unique_ptr<DeviceBlock> make_moe_cuda(const BlockBuild& b) {
-  refuse_model_parallel(b, "E");
   return std::make_unique<MoeBlockCuda>(b);
 }
 

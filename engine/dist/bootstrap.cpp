@@ -169,6 +169,17 @@ struct TcpStore::Server {
             lk.unlock();
             send_frame(fd, 'E', "", "key '" + k + "' was not set within " + std::to_string(timeout_s) + " s (a rank did not arrive)");
           }
+        } else if (op == 'T') {  // try-get: never blocks
+          std::unique_lock<std::mutex> lk(mu);
+          const auto it = kv.find(k);
+          if (it != kv.end()) {
+            const std::string val = it->second;
+            lk.unlock();
+            send_frame(fd, 'V', "", val);
+          } else {
+            lk.unlock();
+            send_frame(fd, 'N', "", "");
+          }
         } else {
           break;
         }
@@ -272,14 +283,19 @@ TcpStore::~TcpStore() {
   }
 }
 
-void TcpStore::request(char op, const std::string& key, const std::string& value, std::string* reply) {
+bool TcpStore::request(char op, const std::string& key, const std::string& value, std::string* reply) {
+  std::lock_guard<std::mutex> lk(req_mu_);
   send_frame(fd_, op, key, value);
   char rop;
   std::string a, b;
   if (!recv_frame(fd_, rop, a, b, timeout_s_ + 5)) throw std::runtime_error("tcp store: rank 0 closed the connection");
   if (rop == 'E') throw std::runtime_error("tcp store (rank " + std::to_string(rank_) + "): " + b);
+  if (rop == 'N') return false;
   if (reply) *reply = b;
+  return true;
 }
+
+bool TcpStore::try_get(const std::string& key, std::string& value) { return request('T', key, "", &value); }
 
 void TcpStore::set(const std::string& key, const std::string& value) { request('S', key, value, nullptr); }
 
@@ -308,16 +324,86 @@ void verify_same_config(TcpStore& store, int rank, int world, const std::string&
                              bad + " differ; refusing to train (every rank must load the same recipe files with the same --set overrides)");
 }
 
-std::unique_ptr<Communicator> bootstrap_nccl(const LaunchEnv& env, const std::string& sha, double timeout_s) {
+Heartbeat::Heartbeat(std::unique_ptr<TcpStore> store, int rank, int world, double period_s)
+    : store_(std::move(store)), rank_(rank), world_(world), period_s_(period_s) {
+  const std::string key = "hb/" + std::to_string(rank_);
+  store_->set(key, "0");
+  beat_ = std::thread([this, key] {
+    uint64_t n = 0;
+    while (!stop_) {
+      std::this_thread::sleep_for(std::chrono::duration<double>(period_s_));
+      try {
+        if (!stop_) store_->set(key, std::to_string(++n));
+      } catch (const std::exception&) {
+        return;  // the store (rank 0) is gone: dead_ranks() says so
+      }
+    }
+  });
+  set_fault_probe([this] { return dead_ranks(); });
+}
+
+Heartbeat::~Heartbeat() {
+  set_fault_probe({});
+  stop_ = true;
+  if (beat_.joinable()) beat_.join();
+  try {
+    store_->set("hb/" + std::to_string(rank_), "exited");
+  } catch (const std::exception&) {
+  }
+}
+
+void Heartbeat::report_failure(const std::string& why) {
+  try {
+    store_->set("fail/" + std::to_string(rank_), why);
+  } catch (const std::exception&) {
+  }
+}
+
+std::string Heartbeat::dead_ranks() {
+  auto read = [&](std::vector<std::string>& hb) {
+    hb.assign(static_cast<std::size_t>(world_), "");
+    for (int q = 0; q < world_; ++q) store_->try_get("hb/" + std::to_string(q), hb[static_cast<std::size_t>(q)]);
+  };
+  std::vector<std::string> a, b;
+  try {
+    read(a);
+    std::this_thread::sleep_for(std::chrono::duration<double>(3 * period_s_));
+    read(b);
+  } catch (const std::exception& e) {
+    return "the rendezvous store served by rank 0 is unreachable (" + std::string(e.what()) + "): rank 0 died or its host is down";
+  }
+  std::string out;
+  for (int q = 0; q < world_; ++q) {
+    if (q == rank_) continue;
+    const auto u = static_cast<std::size_t>(q);
+    std::string why;
+    try {
+      if (store_->try_get("fail/" + std::to_string(q), why)) {
+        out += (out.empty() ? "" : "; ") + ("rank " + std::to_string(q) + " failed: " + why);
+        continue;
+      }
+    } catch (const std::exception&) {
+    }
+    if (b[u] == "exited") out += (out.empty() ? "" : "; ") + ("rank " + std::to_string(q) + " exited");
+    else if (a[u] == b[u])
+      out += (out.empty() ? "" : "; ") + ("rank " + std::to_string(q) + " is dead (its heartbeat stopped at " +
+                                          (b[u].empty() ? std::string("none") : b[u]) + ")");
+  }
+  return out.empty() ? std::string("every other rank is alive (heartbeats advance): a peer hangs rather than died") : out;
+}
+
+std::unique_ptr<Communicator> bootstrap_nccl(const LaunchEnv& env, const std::string& sha, double timeout_s,
+                                             std::unique_ptr<Heartbeat>* heartbeat) {
   if (!nccl_available())
     throw std::runtime_error("multi-process launch (" + env.launcher + ", world " + std::to_string(env.world) +
                              ") needs a CUDA build with NCCL; this megacpp was built without CUDA");
-  TcpStore store(env.master_addr, env.master_port, env.rank, env.world, timeout_s);
-  verify_same_config(store, env.rank, env.world, sha);
-  if (env.rank == 0) store.set("nccl_unique_id", nccl_unique_id());
-  const std::string id = store.get("nccl_unique_id");
+  auto store = std::make_unique<TcpStore>(env.master_addr, env.master_port, env.rank, env.world, timeout_s);
+  verify_same_config(*store, env.rank, env.world, sha);
+  if (env.rank == 0) store->set("nccl_unique_id", nccl_unique_id());
+  const std::string id = store->get("nccl_unique_id");
   auto comm = make_nccl_comm(env.rank, env.world, env.local_rank, id, timeout_s);
-  store.exchange("nccl_ready", "1");  // everyone holds the id before rank 0's store goes away
+  store->exchange("nccl_ready", "1");  // everyone holds the id before rank 0's store goes away
+  if (heartbeat) *heartbeat = std::make_unique<Heartbeat>(std::move(store), env.rank, env.world);
   return comm;
 }
 

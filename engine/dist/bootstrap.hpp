@@ -48,12 +48,14 @@ class TcpStore {
   int port() const { return port_; }
   void set(const std::string& key, const std::string& value);
   std::string get(const std::string& key);  // blocks until the key is set (or timeout_s → throws)
+  bool try_get(const std::string& key, std::string& value);  // does not block: false when the key is not set
   // Every rank contributes `mine` under key; returns all values in rank order.
   std::vector<std::string> exchange(const std::string& key, const std::string& mine);
 
  private:
   struct Server;
-  void request(char op, const std::string& key, const std::string& value, std::string* reply);
+  bool request(char op, const std::string& key, const std::string& value, std::string* reply);
+  std::mutex req_mu_;  // one request at a time on the connection (the heartbeat thread shares it)
   int rank_, world_, port_ = 0, fd_ = -1;
   double timeout_s_;
   std::unique_ptr<Server> server_;  // rank 0 only
@@ -62,8 +64,34 @@ class TcpStore {
 // Refuses (throws on every rank, naming the differing ranks) unless all ranks resolved the same recipe.
 void verify_same_config(TcpStore& store, int rank, int world, const std::string& config_sha256);
 
+// Liveness of the ranks of a multi-process run, through the TCP store of the bootstrap (kept for the
+// whole run): a thread sets hb/<rank> to an increasing counter every period_s. dead_ranks() reads every
+// rank's counter twice, 3 periods apart, and names the ranks whose counter did not move (their process
+// died or is frozen) and those that reported a failure (report_failure: fail/<rank> = why); if the store
+// itself (served by rank 0) is unreachable, it says so (rank 0 died). Installed as the process's fault
+// probe (set_fault_probe): a failing or timed-out NCCL collective then names the dead rank, and rank 0's
+// receipt records that error. The destructor marks this rank "exited" (a clean exit is not a death).
+class Heartbeat {
+ public:
+  Heartbeat(std::unique_ptr<TcpStore> store, int rank, int world, double period_s = 0.5);
+  ~Heartbeat();
+  Heartbeat(const Heartbeat&) = delete;
+  Heartbeat& operator=(const Heartbeat&) = delete;
+  std::string dead_ranks();
+  void report_failure(const std::string& why);
+
+ private:
+  std::unique_ptr<TcpStore> store_;
+  int rank_, world_;
+  double period_s_;
+  std::atomic<bool> stop_{false};
+  std::thread beat_;
+};
+
 // Multi-process bootstrap: verify the recipe hash through the store, distribute the NCCL unique id,
 // create the NCCL communicator on GPU local_rank. Needs a CUDA build with NCCL (throws otherwise).
-std::unique_ptr<Communicator> bootstrap_nccl(const LaunchEnv& env, const std::string& config_sha256, double timeout_s);
+// With `heartbeat` non-null the store stays up for the run as a Heartbeat (installed as fault probe).
+std::unique_ptr<Communicator> bootstrap_nccl(const LaunchEnv& env, const std::string& config_sha256, double timeout_s,
+                                             std::unique_ptr<Heartbeat>* heartbeat = nullptr);
 
 }  // namespace megacpp

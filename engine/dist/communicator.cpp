@@ -45,6 +45,34 @@ nlohmann::json Communicator::stats_json() const {
   return j;
 }
 
+void Communicator::all_reduce_sum(float* buf, std::size_t n) {
+  timed(CollKind::all_reduce, n * 4, [&] { do_all_reduce(buf, n, DType::f32); });
+}
+void Communicator::all_reduce_sum(double* buf, std::size_t n) {
+  timed(CollKind::all_reduce, n * 8, [&] { do_all_reduce(buf, n, DType::f64); });
+}
+void Communicator::reduce_scatter_sum(const float* send, float* recv, std::size_t n) {
+  timed(CollKind::reduce_scatter, n * 4 * static_cast<std::size_t>(world()), [&] { do_reduce_scatter(send, recv, n, DType::f32); });
+}
+void Communicator::reduce_scatter_sum(const double* send, double* recv, std::size_t n) {
+  timed(CollKind::reduce_scatter, n * 8 * static_cast<std::size_t>(world()), [&] { do_reduce_scatter(send, recv, n, DType::f64); });
+}
+void Communicator::all_gather(const float* send, float* recv, std::size_t n) {
+  timed(CollKind::all_gather, n * 4, [&] { do_all_gather(send, recv, n, DType::f32); });
+}
+void Communicator::all_gather(const double* send, double* recv, std::size_t n) {
+  timed(CollKind::all_gather, n * 8, [&] { do_all_gather(send, recv, n, DType::f64); });
+}
+void Communicator::all_gather_bytes(const void* send, void* recv, std::size_t bytes) {
+  timed(CollKind::all_gather, bytes, [&] { do_all_gather(send, recv, bytes, DType::u8); });
+}
+void Communicator::broadcast(void* buf, std::size_t bytes, int root) {
+  timed(CollKind::broadcast, bytes, [&] { do_broadcast(buf, bytes, root); });
+}
+void Communicator::barrier() {
+  timed(CollKind::barrier, 0, [&] { do_barrier(); });
+}
+
 void Communicator::group_start() {
   if (in_group_) throw std::logic_error("Communicator::group_start: already in a group");
   in_group_ = true;
@@ -95,6 +123,30 @@ void Communicator::all_to_all_v(const void* send_buf, const std::vector<std::siz
     if (recv_bytes[q]) recv(static_cast<char*>(recv_buf) + recv_off[q], recv_bytes[q], static_cast<int>(q));
   }
   group_end();
+}
+
+namespace {
+std::mutex g_probe_mu;
+std::function<std::string()> g_probe;
+}  // namespace
+
+void set_fault_probe(std::function<std::string()> probe) {
+  std::lock_guard<std::mutex> lk(g_probe_mu);
+  g_probe = std::move(probe);
+}
+
+std::string probe_faults() {
+  std::function<std::string()> p;
+  {
+    std::lock_guard<std::mutex> lk(g_probe_mu);
+    p = g_probe;
+  }
+  if (!p) return "";
+  try {
+    return p();
+  } catch (const std::exception& e) {
+    return std::string("(fault probe failed: ") + e.what() + ")";
+  }
 }
 
 std::string broadcast_string(Communicator& c, const std::string& s, int root) {

@@ -51,24 +51,21 @@ class Communicator {
   virtual int world() const = 0;
   virtual std::string kind() const = 0;  // "in-process" | "nccl"
 
+  // The collectives are defined out of line (communicator.cpp), never in this header: each wraps a lambda
+  // for timed(), and an inline instance built by nvcc in a .cu file shares its mangled name with the host
+  // compiler's but not its closure layout — the linker keeps one, and the other side crashed (2026-11-24).
   // In place: buf ← Σ_ranks buf.
-  void all_reduce_sum(float* buf, std::size_t n) { timed(CollKind::all_reduce, n * 4, [&] { do_all_reduce(buf, n, DType::f32); }); }
-  void all_reduce_sum(double* buf, std::size_t n) { timed(CollKind::all_reduce, n * 8, [&] { do_all_reduce(buf, n, DType::f64); }); }
+  void all_reduce_sum(float* buf, std::size_t n);
+  void all_reduce_sum(double* buf, std::size_t n);
   // send: world·n elements; recv (n elements) ← Σ_ranks send[rank·n, rank·n + n).
-  void reduce_scatter_sum(const float* send, float* recv, std::size_t n) {
-    timed(CollKind::reduce_scatter, n * 4 * world(), [&] { do_reduce_scatter(send, recv, n, DType::f32); });
-  }
-  void reduce_scatter_sum(const double* send, double* recv, std::size_t n) {
-    timed(CollKind::reduce_scatter, n * 8 * world(), [&] { do_reduce_scatter(send, recv, n, DType::f64); });
-  }
+  void reduce_scatter_sum(const float* send, float* recv, std::size_t n);
+  void reduce_scatter_sum(const double* send, double* recv, std::size_t n);
   // recv[q·n, q·n + n) ← send of rank q. recv may hold send at recv + rank·n (in place).
-  void all_gather(const float* send, float* recv, std::size_t n) { timed(CollKind::all_gather, n * 4, [&] { do_all_gather(send, recv, n, DType::f32); }); }
-  void all_gather(const double* send, double* recv, std::size_t n) { timed(CollKind::all_gather, n * 8, [&] { do_all_gather(send, recv, n, DType::f64); }); }
-  void all_gather_bytes(const void* send, void* recv, std::size_t bytes) {
-    timed(CollKind::all_gather, bytes, [&] { do_all_gather(send, recv, bytes, DType::u8); });
-  }
-  void broadcast(void* buf, std::size_t bytes, int root) { timed(CollKind::broadcast, bytes, [&] { do_broadcast(buf, bytes, root); }); }
-  void barrier() { timed(CollKind::barrier, 0, [&] { do_barrier(); }); }
+  void all_gather(const float* send, float* recv, std::size_t n);
+  void all_gather(const double* send, double* recv, std::size_t n);
+  void all_gather_bytes(const void* send, void* recv, std::size_t bytes);
+  void broadcast(void* buf, std::size_t bytes, int root);
+  void barrier();
 
   // Grouped point-to-point. Sends and receives between a pair of ranks match in posting order.
   void group_start();
@@ -114,6 +111,12 @@ class Communicator {
   bool in_group_ = false;
   std::vector<P2P> pending_;
 };
+
+// Fault attribution (process-wide): when a collective fails or times out, the NCCL communicator appends
+// what the probe returns to its error — e.g. which ranks stopped heartbeating (Heartbeat in
+// bootstrap.hpp). probe_faults() returns "" when no probe is set, it finds nothing, or it throws.
+void set_fault_probe(std::function<std::string()> probe);
+std::string probe_faults();
 
 // Helpers on any communicator.
 std::string broadcast_string(Communicator& c, const std::string& s, int root);

@@ -168,8 +168,9 @@ class NcclComm final : public Communicator {
   void fail(const std::string& msg) {
     broken_ = true;
     if (comm_) ncclCommAbort(comm_), comm_ = nullptr;
+    const std::string who = probe_faults();  // e.g. "rank 2 stopped heartbeating …" (bootstrap.hpp Heartbeat)
     throw std::runtime_error("rank " + std::to_string(rank_) + " of " + std::to_string(world_) + ": " + msg +
-                             " — communicator aborted");
+                             " — communicator aborted" + (who.empty() ? std::string() : "; " + who));
   }
   void check(ncclResult_t r, const char* what) {
     if (r != ncclSuccess && r != ncclInProgress) fail(std::string(what) + " failed: " + ncclGetErrorString(r));

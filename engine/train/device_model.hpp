@@ -41,7 +41,8 @@ class DeviceModel {
   // AdamW (train.* hyper-parameters) with the clip scale of the last grad_norm(); 0-based step.
   virtual void optimizer_step(double lr, int64_t step) = 0;
 
-  // Checkpoints: fp32 master weights and AdamW moments, in the host layout.
+  // Checkpoints: fp32 master weights and AdamW moments, in the host layout (under ZeRO-1, m and v are
+  // this rank's shard: see set_data_parallel).
   virtual void download(std::vector<float>& params, std::vector<float>& m, std::vector<float>& v) = 0;
   virtual void upload(const std::vector<float>& params, const std::vector<float>* m, const std::vector<float>* v) = 0;
   // The accumulated fp32 gradients in the host layout (tests).
@@ -49,6 +50,41 @@ class DeviceModel {
   // Data parallelism: gradients ← Σ over the communicator's ranks, in buckets of `bucket_elems`. NCCL
   // reduces the device buffer in place; a host communicator (in-process) goes through a host copy.
   virtual void all_reduce_grads(Communicator& c, std::size_t bucket_elems) = 0;
+
+  // ---- data parallelism on the device (pure DP: tp = ep = 1; TP/EP use the host-staged calls below) ----
+  struct DataParallel {
+    Communicator* comm = nullptr;    // the data-parallel group (world > 1); NCCL or a host communicator
+    bool zero = false;               // ZeRO-1: AdamW m and v hold this rank's shard only (see below)
+    std::size_t bucket_elems = 1 << 20;
+    bool overlap = true;             // reduce each layer's buckets during the last micro-batch's backward
+  };
+  // Call once, right after construction and before upload(). Buckets: every layer's parameters are one
+  // contiguous range of the flat buffer (checked; cut into bucket_elems pieces), reduced last layer
+  // first, then the rest (embedding, final norm, LM head). The buckets and their order are the same
+  // with overlap on and off, so the result is bit-identical.
+  // ZeRO-1: the flat buffer of N elements is cut into W shards of Sh = ceil(N/W) (the last padded); this
+  // rank owns [rank·Sh, min(N, rank·Sh + Sh)). Gradients are reduce-scattered into the shard, the grad
+  // norm is summed over the shards, AdamW updates the shard (m, v allocated Sh elements: the memory
+  // saving), and the updated fp32 master shard and its bf16 copy are all-gathered. download()/upload()
+  // then move m and v as this rank's shard (Sh elements, zero-padded), params in full.
+  virtual void set_data_parallel(const DataParallel& dp) = 0;
+  // The next forward_backward is the step's last micro-batch: with overlap on (and no ZeRO), its backward
+  // hands each layer's buckets to the communication thread as soon as that layer's gradients are final.
+  virtual void mark_last_micro() = 0;
+  // Completes the data-parallel reduction (waits for the overlapped buckets, or reduces them all now;
+  // ZeRO: the reduce-scatter). Returns when the reduced gradients are in place.
+  virtual void finish_grad_reduction() = 0;
+  struct DpTimes {
+    double async_comm_s = 0;  // seconds inside collectives run on the communication thread
+    double wait_s = 0;        // seconds the training thread waited in finish_grad_reduction
+  };
+  virtual DpTimes take_dp_times() = 0;  // since the last call
+
+  // ---- host-staged gradient handling (TP/EP on the CUDA backend: the trainer reduces per group on the
+  // host, in the host layout, and computes the grad norm there) ----
+  virtual void upload_grads(const std::vector<float>& g) = 0;
+  // Sets the clip scale of the next optimizer_step from a norm computed elsewhere (the CPU rule).
+  virtual void set_grad_norm(double norm) = 0;
 
   // Memory (MiB): peak device memory in use (cudaMemGetInfo) and what the model allocated itself.
   virtual nlohmann::json memory() = 0;

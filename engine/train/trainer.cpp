@@ -111,22 +111,14 @@ int run_training(const Recipe& r, const TrainOptions& opt, RunReceipt& rc) {
   auto& tr = rc.training();
   tr = nlohmann::json::object();
   // ---- device and precision: requested vs observed, never silent ----
-  // cuda: the CUDA backend or a clear error. auto: the CUDA backend when there is a GPU, one rank and
-  // bf16 precision, and the model builds there; otherwise the CPU reference backend, the reason recorded.
-  // Several ranks on CUDA: plain data parallelism over NCCL (one process per GPU); ZeRO, TP and EP run on
-  // the CPU reference backend so far.
-  const bool multi_rank = opt.comm && opt.comm->world() > 1;
-  std::string multi_gpu_refusal;
-  if (multi_rank && (opt.comm->kind() != "nccl" || r.parallel.tp != 1 || r.parallel.ep != 1 || r.parallel.zero != 0))
-    multi_gpu_refusal = std::to_string(opt.comm->world()) + " ranks on the " + opt.comm->kind() +
-                        " communicator with tp=" + std::to_string(r.parallel.tp) + ", ep=" + std::to_string(r.parallel.ep) +
-                        ", zero=" + std::to_string(r.parallel.zero) +
-                        ": the CUDA backend runs data parallelism over NCCL (one process per GPU: torchrun-style, srun "
-                        "or mpirun) without ZeRO, TP or EP so far; those layouts run on train.device=cpu";
+  // cuda: the CUDA backend or a clear error. auto: the CUDA backend when there is a GPU and bf16
+  // precision, and the model builds there (a block refuses what it cannot do, e.g. a TP/EP layout);
+  // otherwise the CPU reference backend, the reason recorded. Several ranks: on any communicator (NCCL,
+  // one process per GPU; or in-process ranks sharing a GPU in tests); the ranks agree (below): if any
+  // rank cannot run on CUDA, all fall back (auto) or all fail (cuda), naming that rank and its reason.
   bool use_cuda = false;
   std::string cuda_refusal;
   if (t.device == "cuda") {
-    if (!multi_gpu_refusal.empty()) throw std::runtime_error("train.device=cuda with " + multi_gpu_refusal);
     if (t.precision != "bf16")
       throw ConfigError(mark_of(r, "train.precision"), "train.precision", "cuda-precision", t.precision,
                         "bf16 with train.device=cuda (the CUDA backend keeps fp32 master weights and computes in bf16); "
@@ -134,7 +126,6 @@ int run_training(const Recipe& r, const TrainOptions& opt, RunReceipt& rc) {
     use_cuda = true;
   } else if (t.device == "auto") {
     if (!gpu_available()) cuda_refusal = "no GPU: " + gpu_runtime().why_not;
-    else if (!multi_gpu_refusal.empty()) cuda_refusal = multi_gpu_refusal;
     else if (t.precision != "bf16") cuda_refusal = "train.precision=" + t.precision + ": the CUDA backend computes in bf16";
     else use_cuda = true;  // unless the model does not build there (recorded below)
   }
@@ -196,12 +187,28 @@ int run_training(const Recipe& r, const TrainOptions& opt, RunReceipt& rc) {
       try {
         gpu = make_cuda_model(r, t.mbs, t.seq_len, static_cast<uint64_t>(t.seed), mp);
       } catch (const std::exception& e) {
-        if (t.device == "cuda") throw;
+        if (t.device == "cuda" && !comm) throw;
         cuda_refusal = std::string("the model does not build on the CUDA backend: ") + e.what();
         use_cuda = false;
-        std::fprintf(stderr, "train.device=auto: %s; running on the CPU reference backend\n", cuda_refusal.c_str());
       }
     }
+    if (comm && t.device != "cpu") {  // the ranks agree: the first rank that cannot run on CUDA decides for all
+      const double mine = use_cuda ? 0.0 : 1.0;
+      std::vector<double> all(static_cast<std::size_t>(comm->world()));
+      comm->all_gather(&mine, all.data(), 1);
+      int first = -1;
+      for (int q = 0; q < comm->world() && first < 0; ++q)
+        if (all[static_cast<std::size_t>(q)] > 0) first = q;
+      if (first >= 0) {
+        const std::string why = broadcast_string(*comm, rank == first ? cuda_refusal : std::string(), first);
+        cuda_refusal = "rank " + std::to_string(first) + " of " + std::to_string(comm->world()) + ": " + why;
+        gpu.reset();
+        use_cuda = false;
+        if (t.device == "cuda") throw std::runtime_error("train.device=cuda: " + cuda_refusal);
+      }
+    }
+    if (!use_cuda && t.device == "auto" && !cuda_refusal.empty() && lead)
+      std::fprintf(stderr, "train.device=auto: %s; running on the CPU reference backend\n", cuda_refusal.c_str());
     try {
       if (!use_cuda) {
         model = std::make_unique<Model<float>>(r, t.mbs, t.seq_len, mp);  // mp: this rank's TP/EP shard (or none)
@@ -226,7 +233,16 @@ int run_training(const Recipe& r, const TrainOptions& opt, RunReceipt& rc) {
   const int64_t S = zero ? (N + world - 1) / world : N;
   const int64_t lo = zero ? std::min(N, rank * S) : 0, hi = zero ? std::min(N, lo + S) : N;
   std::vector<float> gpad, gshard, ppad, pshard;
-  if (zero) {
+  // The CUDA backend's data-parallel reduction: on the device (pure DP: buckets overlapped with the last
+  // micro-batch's backward, or ZeRO-1), or host-staged per TP/EP group (below) with tp/ep.
+  const bool dev_dp = gpu && comm && !mpar;
+  if (dev_dp) {
+    DeviceModel::DataParallel d;
+    d.comm = comm, d.zero = zero, d.overlap = r.parallel.overlap_grad_reduce;
+    d.bucket_elems = static_cast<std::size_t>(std::max<int64_t>(1, opt.bucket_elems));
+    gpu->set_data_parallel(d);
+  }
+  if (zero && !gpu) {
     adam = std::make_unique<AdamW<float>>(t, S);  // this rank's shard of m and v only
     gpad.assign(static_cast<std::size_t>(S * world), 0.f), ppad.assign(static_cast<std::size_t>(S * world), 0.f);
     gshard.assign(static_cast<std::size_t>(S), 0.f), pshard.assign(static_cast<std::size_t>(S), 0.f);
@@ -245,6 +261,26 @@ int run_training(const Recipe& r, const TrainOptions& opt, RunReceipt& rc) {
                                   "batch; the TP ranks of a replica take the same ones";
     if (mpar && tp > 1 && r.layers.uses(BlockKind::Moe))
       tr["distributed"]["expert_tp"] = tp;  // E's FFNs are split over TP like the dense MLP
+    tr["distributed"]["overlap_grad_reduce"] = dev_dp && !zero && r.parallel.overlap_grad_reduce;
+    if (!gpu)
+      tr["distributed"]["grad_reduction"] = "CPU backend: host buffers reduced after the backward (not overlapped)";
+    else if (mpar)
+      tr["distributed"]["grad_reduction"] =
+          "CUDA backend, host-staged: the fp32 gradients are downloaded into the host layout, reduced per group (TP-partial "
+          "over TP, dense over DP, experts over the expert-data-parallel group) and their norm computed there (as the CPU "
+          "path), then uploaded with the clip scale from that norm (not overlapped)";
+    else if (zero)
+      tr["distributed"]["grad_reduction"] =
+          "CUDA backend, ZeRO-1 on the device: reduce-scatter of the fp32 gradients into this rank's shard after the "
+          "backward (not overlapped), grad norm over the shards, AdamW on the shard (m, v shard-sized), all-gather of the "
+          "updated fp32 master shard and its bf16 copy";
+    else if (r.parallel.overlap_grad_reduce)
+      tr["distributed"]["grad_reduction"] =
+          "CUDA backend: per-layer buckets of the fp32 gradients all-reduced during the last micro-batch's backward, on a "
+          "communication thread that waits on a CUDA event per layer; the step waits only for what is left";
+    else
+      tr["distributed"]["grad_reduction"] =
+          "CUDA backend: the same per-layer buckets all-reduced after the backward (parallel.overlap_grad_reduce: false)";
     if (lead) rc.set_parallel({{"world", world}, {"tp", tp}, {"ep", ep}, {"dp", dp}, {"zero", zero ? 1 : 0}});
   }
   const double step_flops_per_token = plan.step_flops_per_token;
@@ -283,7 +319,7 @@ int run_training(const Recipe& r, const TrainOptions& opt, RunReceipt& rc) {
       const std::string ck = resolve_resume(opt.resume, r, base);
       CheckpointData c = load_checkpoint(ck);
       if (mpar) {  // checkpoints hold the full (tp = ep = 1) layout: keep this rank's shards (any TP/EP/DP size wrote it)
-        const auto& lp = model->params();
+        const auto& lp = gpu ? gpu->host_layout() : model->params();
         const auto nf = static_cast<std::size_t>(full_numel(lp));
         if (c.params.size() != nf || c.adam_m.size() != nf || c.adam_v.size() != nf)
           throw std::runtime_error("checkpoint " + ck + " holds " + std::to_string(c.params.size()) + " parameters and " +
@@ -307,7 +343,14 @@ int run_training(const Recipe& r, const TrainOptions& opt, RunReceipt& rc) {
         if (c.adam_m.size() != ps.data.size() || c.adam_v.size() != ps.data.size())
           throw std::runtime_error("checkpoint " + ck + ": optimizer state of " + std::to_string(c.adam_m.size()) +
                                    " elements for " + std::to_string(ps.data.size()) + " parameters");
-        gpu->upload(c.params, &c.adam_m, &c.adam_v);
+        if (zero) {  // ZeRO-1 on the device: this rank's slice of the full m and v (whatever DP size wrote them)
+          std::vector<float> ms(static_cast<std::size_t>(S), 0.f), vs(static_cast<std::size_t>(S), 0.f);
+          std::copy(c.adam_m.begin() + lo, c.adam_m.begin() + hi, ms.begin());
+          std::copy(c.adam_v.begin() + lo, c.adam_v.begin() + hi, vs.begin());
+          gpu->upload(c.params, &ms, &vs);
+        } else {
+          gpu->upload(c.params, &c.adam_m, &c.adam_v);
+        }
       } else if (zero) {  // re-shard: this rank's slice of the full m and v (whatever DP size wrote them)
         adam->m.assign(static_cast<std::size_t>(S), 0.f), adam->v.assign(static_cast<std::size_t>(S), 0.f);
         std::copy(c.adam_m.begin() + lo, c.adam_m.begin() + hi, adam->m.begin());
@@ -354,36 +397,7 @@ int run_training(const Recipe& r, const TrainOptions& opt, RunReceipt& rc) {
   // Gradient reduction: plain DP all-reduces the flat grad buffer in fixed buckets; ZeRO-1
   // reduce-scatters it into this rank's shard. The backward already scaled by 1/(global tokens), so the
   // sum over ranks is the token mean over all ranks.
-  auto reduce_grads = [&]() {
-    if (gpu) return gpu->all_reduce_grads(*comm, static_cast<std::size_t>(std::max<int64_t>(1, opt.bucket_elems)));
-    auto& g = model->params().grads;
-    if (zero) {
-      std::copy(g.begin(), g.end(), gpad.begin());
-      comm->reduce_scatter_sum(gpad.data(), gshard.data(), static_cast<std::size_t>(S));
-    } else if (mpar) {  // TP/EP, per tensor: TP-partial gradients over TP; then dense over dp, experts over dp/ep
-      auto& ps = model->params();
-      tp_reduce_partial_grads(ps, mp);  // replicated tensors (and ranges) whose TP gradients are partial sums
-      for (std::size_t i = 0; i < ps.specs.size(); ++i) {
-        const ParamSpec& sp = ps.specs[i];
-        float* gi = ps.grad(static_cast<int>(i));
-        const auto n = static_cast<std::size_t>(sp.numel);
-        const bool expert = sp.shard == ShardGroup::ep || sp.shard == ShardGroup::tp_ep;
-        Communicator* c = expert ? edp_comm.get() : dp_comm.get();
-        if (c->world() > 1) c->all_reduce_sum(gi, n);
-      }
-    } else {
-      const auto B = static_cast<std::size_t>(std::max<int64_t>(1, opt.bucket_elems));
-      for (std::size_t off = 0; off < g.size(); off += B) comm->all_reduce_sum(g.data() + off, std::min(B, g.size() - off));
-    }
-  };
-  auto zero_grad_norm = [&]() {
-    double ss = 0;
-    for (int64_t k = 0; k < hi - lo; ++k) ss += static_cast<double>(gshard[static_cast<std::size_t>(k)]) * gshard[static_cast<std::size_t>(k)];
-    comm->all_reduce_sum(&ss, 1);
-    return std::sqrt(ss);
-  };
-  auto mp_grad_norm = [&]() {  // TP/EP: each tensor counted once — shards summed over their group
-    const auto& ps = model->params();
+  auto mp_grad_norm = [&](const ParamStore<float>& ps) {  // TP/EP: each tensor counted once — shards summed over their group
     double rep = 0, tps = 0, eps = 0, both = 0;
     for (std::size_t i = 0; i < ps.specs.size(); ++i) {
       const ParamSpec& sp = ps.specs[i];
@@ -409,6 +423,44 @@ int run_training(const Recipe& r, const TrainOptions& opt, RunReceipt& rc) {
     }
     return std::sqrt(rep + tps + eps + both);
   };
+  double staged_norm = 0;  // CUDA + TP/EP: the norm computed on the host-staged gradients
+  auto reduce_grads = [&]() {
+    if (dev_dp) return gpu->finish_grad_reduction();
+    if (gpu && !mpar) return gpu->all_reduce_grads(*comm, static_cast<std::size_t>(std::max<int64_t>(1, opt.bucket_elems)));
+    if (zero) {
+      auto& g = model->params().grads;
+      std::copy(g.begin(), g.end(), gpad.begin());
+      comm->reduce_scatter_sum(gpad.data(), gshard.data(), static_cast<std::size_t>(S));
+    } else if (mpar) {  // TP/EP, per tensor: TP-partial gradients over TP; then dense over dp, experts over dp/ep
+      // CUDA: host-staged — the device gradients into the host layout, the CPU path's reduction and norm, back up.
+      auto& ps = gpu ? gpu->host_layout() : model->params();
+      if (gpu) gpu->download_grads(ps.grads);
+      tp_reduce_partial_grads(ps, mp);  // replicated tensors (and ranges) whose TP gradients are partial sums
+      for (std::size_t i = 0; i < ps.specs.size(); ++i) {
+        const ParamSpec& sp = ps.specs[i];
+        float* gi = ps.grad(static_cast<int>(i));
+        const auto n = static_cast<std::size_t>(sp.numel);
+        const bool expert = sp.shard == ShardGroup::ep || sp.shard == ShardGroup::tp_ep;
+        Communicator* c = expert ? edp_comm.get() : dp_comm.get();
+        if (c->world() > 1) c->all_reduce_sum(gi, n);
+      }
+      if (gpu) {
+        staged_norm = mp_grad_norm(ps);
+        gpu->upload_grads(ps.grads);
+        gpu->set_grad_norm(staged_norm);
+      }
+    } else {
+      auto& g = model->params().grads;
+      const auto B = static_cast<std::size_t>(std::max<int64_t>(1, opt.bucket_elems));
+      for (std::size_t off = 0; off < g.size(); off += B) comm->all_reduce_sum(g.data() + off, std::min(B, g.size() - off));
+    }
+  };
+  auto zero_grad_norm = [&]() {
+    double ss = 0;
+    for (int64_t k = 0; k < hi - lo; ++k) ss += static_cast<double>(gshard[static_cast<std::size_t>(k)]) * gshard[static_cast<std::size_t>(k)];
+    comm->all_reduce_sum(&ss, 1);
+    return std::sqrt(ss);
+  };
   auto gather_params = [&]() {  // ZeRO-1: every rank's updated shard to every rank
     auto& p = model->params().data;
     std::fill(pshard.begin(), pshard.end(), 0.f);
@@ -419,6 +471,9 @@ int run_training(const Recipe& r, const TrainOptions& opt, RunReceipt& rc) {
   std::unique_ptr<LineStream> rank_metrics;  // DP: metrics-rank<k>.jsonl of every rank
   if (comm) rank_metrics = std::make_unique<LineStream>(run_dir() + "/metrics-rank" + std::to_string(rank) + ".jsonl");
   std::vector<double> step_times;  // DP: this rank's step times (for rank 0's receipt)
+  // DP: this rank's communication inside the steps: all collectives' seconds, exposed, overlapped, the
+  // communication thread's collective seconds and the training thread's waits for it.
+  double step_comm_s = 0, step_exposed_s = 0, step_overlapped_s = 0, step_thread_s = 0, step_wait_s = 0;
   nlohmann::json series = nlohmann::json::array();
   nlohmann::json checkpoints = nlohmann::json::array();
   const std::string ckpt_dir = run_dir() + "/checkpoints";
@@ -435,7 +490,11 @@ int run_training(const Recipe& r, const TrainOptions& opt, RunReceipt& rc) {
     for (int64_t k = 0; k < rounds; ++k) {
       const int64_t i = k * per + (comm ? dp_idx : 0);
       if (i >= t.eval_batches) {
-        if (ep > 1) model->forward_loss(val_loader->eval_batch(0).data(), t.mbs);
+        if (ep > 1) {
+          const auto toks = val_loader->eval_batch(0);
+          if (gpu) gpu->forward_loss(toks.data(), t.mbs);
+          else model->forward_loss(toks.data(), t.mbs);
+        }
         continue;
       }
       const auto toks = val_loader->eval_batch(i);
@@ -457,7 +516,7 @@ int run_training(const Recipe& r, const TrainOptions& opt, RunReceipt& rc) {
     CheckpointData c;
     c.state = {completed, tokens_seen, best_val, r.config_sha256, {{"recipe", r.name}, {"dtype", "fp32"}}};
     std::string d;
-    if (gpu) {  // data-parallel replicas are identical: rank 0 writes
+    if (gpu && (!comm || (!zero && !mpar))) {  // data-parallel replicas are identical: rank 0 writes
       if (comm) c.state.extra["dp"] = dp;
       if (lead) {
         gpu->download(c.params, c.adam_m, c.adam_v);
@@ -471,32 +530,42 @@ int run_training(const Recipe& r, const TrainOptions& opt, RunReceipt& rc) {
       c.adam_v = adam->v;
       d = save_checkpoint(ckpt_dir, c, t.keep_checkpoints);
     } else {
+      // CUDA (ZeRO-1 or TP/EP): every rank's device state in the host layout (m, v: its ZeRO shard), then
+      // exactly what the CPU path writes.
+      std::vector<float> hp, hm, hv;
+      if (gpu) {
+        gpu->download(hp, hm, hv);
+        c.state.extra["dtype"] = "fp32 master weights of the CUDA backend";
+      }
+      const std::vector<float>& P = gpu ? hp : model->params().data;
+      const std::vector<float>& Mo = gpu ? hm : adam->m;
+      const std::vector<float>& Vo = gpu ? hv : adam->v;
       c.state.extra["dp"] = dp;
       if (mpar) c.state.extra["tp"] = tp, c.state.extra["ep"] = ep;
       if (!zero) {  // replicated: rank 0 writes everything (under TP/EP gathered to the full tp = ep = 1 layout)
         std::vector<float> fp, fm, fv;
         if (mpar) {
-          const auto& lp = model->params();
+          const auto& lp = gpu ? gpu->host_layout() : model->params();
           const auto nf = static_cast<std::size_t>(full_numel(lp));
           fp.resize(nf), fm.resize(nf), fv.resize(nf);
-          gather_full(lp, mp, lp.data.data(), fp.data());
-          gather_full(lp, mp, adam->m.data(), fm.data());
-          gather_full(lp, mp, adam->v.data(), fv.data());
+          gather_full(lp, mp, P.data(), fp.data());
+          gather_full(lp, mp, Mo.data(), fm.data());
+          gather_full(lp, mp, Vo.data(), fv.data());
         }
         if (lead) {
-          c.params = mpar ? std::move(fp) : model->params().data;
-          c.adam_m = mpar ? std::move(fm) : adam->m;
-          c.adam_v = mpar ? std::move(fv) : adam->v;
+          c.params = mpar ? std::move(fp) : P;
+          c.adam_m = mpar ? std::move(fm) : Mo;
+          c.adam_v = mpar ? std::move(fv) : Vo;
           d = save_checkpoint(ckpt_dir, c, t.keep_checkpoints);
         }
       } else {  // rank 0 writes the params; every rank its optimizer shard, into the same unpublished dir
         c.state.extra["zero"] = {{"world", world}, {"shard", S}, {"numel", N}};
         auto shards = [&](const std::string& tmp) {
-          write_zero_shard(tmp, rank, static_cast<int>(world), adam->m, adam->v);
+          write_zero_shard(tmp, rank, static_cast<int>(world), Mo, Vo);
           comm->barrier();  // every shard is in place
         };
         if (lead) {
-          c.params = model->params().data;
+          c.params = P;
           d = save_checkpoint(ckpt_dir, c, t.keep_checkpoints, [&](const std::string& tmp) {
             broadcast_string(*comm, tmp, 0);
             shards(tmp);
@@ -547,29 +616,43 @@ int run_training(const Recipe& r, const TrainOptions& opt, RunReceipt& rc) {
           for (std::size_t k = 0; k < st.size(); ++k)
             st[k].calls += sc->stats()[k].calls, st[k].seconds += sc->stats()[k].seconds, st[k].bytes += sc->stats()[k].bytes;
       std::vector<double> mine(step_times);
+      mine.push_back(step_comm_s), mine.push_back(step_exposed_s), mine.push_back(step_overlapped_s);
+      mine.push_back(step_thread_s), mine.push_back(step_wait_s);
       for (const auto& x : st) mine.push_back(static_cast<double>(x.calls)), mine.push_back(x.seconds), mine.push_back(static_cast<double>(x.bytes));
       std::vector<double> all(mine.size() * static_cast<std::size_t>(world));
       comm->all_gather(mine.data(), all.data(), mine.size());
       nlohmann::json per_rank = nlohmann::json::array();
-      double comm_total = 0;
+      double comm_total = 0, step_comm_max = 0, exposed_max = 0, overlapped_max = 0;
       for (int64_t q = 0; q < world; ++q) {
         const double* row = all.data() + static_cast<std::size_t>(q) * mine.size();
         const std::size_t ns = step_times.size();
         nlohmann::json ms = nlohmann::json::array(), cj = nlohmann::json::object();
         double sum = 0, mx = 0, cs = 0;
         for (std::size_t i = 0; i < ns; ++i) ms.push_back(row[i] * 1e3), sum += row[i], mx = std::max(mx, row[i]);
+        const double q_step_comm = row[ns], q_exposed = row[ns + 1], q_overlapped = row[ns + 2], q_thread = row[ns + 3],
+                     q_wait = row[ns + 4];
+        step_comm_max = std::max(step_comm_max, q_step_comm), exposed_max = std::max(exposed_max, q_exposed);
+        overlapped_max = std::max(overlapped_max, q_overlapped);
         for (std::size_t k = 0; k < K; ++k) {
-          const double* e = row + ns + 3 * k;
+          const double* e = row + ns + 5 + 3 * k;
           if (e[0] > 0) cj[coll_name(static_cast<CollKind>(k))] = {{"calls", e[0]}, {"seconds", e[1]}, {"bytes", e[2]}}, cs += e[1];
         }
         comm_total = std::max(comm_total, cs);
         per_rank.push_back({{"rank", q}, {"step_ms", ms}, {"mean_step_ms", ns ? 1e3 * sum / static_cast<double>(ns) : 0.0},
-                            {"max_step_ms", 1e3 * mx}, {"comm", cj}, {"comm_s", cs}});
+                            {"max_step_ms", 1e3 * mx}, {"comm", cj}, {"comm_s", cs}, {"step_comm_s", q_step_comm},
+                            {"exposed_comm_s", q_exposed}, {"overlapped_comm_s", q_overlapped},
+                            {"comm_thread_s", q_thread}, {"comm_wait_s", q_wait}});
       }
       tr["distributed"]["per_rank"] = per_rank;
-      // The CPU backend reduces after the backward, nothing overlaps: all communication is exposed.
-      tr["distributed"]["exposed_comm_s"] = comm_total;
-      tr["distributed"]["overlapped_comm_s"] = 0.0;
+      // Inside the steps, the largest over the ranks: exposed = the training thread blocked on communication
+      // (its own collectives + its waits for the communication thread); overlapped = the communication
+      // thread's collective seconds not waited for. The CPU backend (and the host-staged TP/EP path) reduce
+      // after the backward: all of it is exposed. comm_s counts every collective of the run (evaluation,
+      // checkpoints, setup included).
+      tr["distributed"]["comm_s"] = comm_total;
+      tr["distributed"]["step_comm_s"] = step_comm_max;
+      tr["distributed"]["exposed_comm_s"] = exposed_max;
+      tr["distributed"]["overlapped_comm_s"] = overlapped_max;
     }
   };
   const double peak = dense_bf16_peak_tflops(gpu_name);
@@ -580,27 +663,35 @@ int run_training(const Recipe& r, const TrainOptions& opt, RunReceipt& rc) {
     if (gpu) gpu->zero_grad();
     else model->params().zero_grad();
     double loss_sum = 0, wait = 0;
+    // Communication seconds so far over every group (the step's: everything up to the optimizer step,
+    // the TP/EP collectives inside the forward/backward included).
+    auto comm_seconds = [&]() {
+      double x = 0;
+      for (Communicator* sc : {comm, tp_comm.get(), dp_comm.get(), ep_comm.get(), edp_comm.get()})
+        if (sc)
+          for (const auto& y : sc->stats()) x += y.seconds;
+      return x;
+    };
+    const double comm_s0 = comm ? comm_seconds() : 0.0;
     const auto t0 = std::chrono::steady_clock::now();
     for (int64_t mi = 0; mi < n_micro; ++mi) {
       if (comm) dp_batch(step, mi, b);
       else train_loader->next(b);
+      if (dev_dp && mi + 1 == n_micro) gpu->mark_last_micro();  // its backward starts the bucket reduction
       wait += b.wait_s;
       // Token-weighted: every token of the step counts equally, whatever micro-batch it is in.
       const double scale = 1.0 / static_cast<double>(tokens_per_step);
       loss_sum += gpu ? gpu->forward_backward(b.tokens.data(), t.mbs, scale) : model->forward_backward(b.tokens.data(), t.mbs, scale);
     }
     const double local_loss_sum = loss_sum;
-    double comm_s0 = 0;
     if (comm) {
-      for (Communicator* sc : {comm, tp_comm.get(), dp_comm.get(), ep_comm.get(), edp_comm.get()})
-        if (sc)
-          for (const auto& x : sc->stats()) comm_s0 += x.seconds;
       reduce_grads();
       dpc->all_reduce_sum(&loss_sum, 1);  // TP ranks of a replica hold the same loss: sum over replicas only
     }
     const double loss = loss_sum / static_cast<double>(tokens_per_step);
     const AuxLosses aux = gpu ? gpu->aux_losses() : model->aux_losses();
-    const double gnorm = gpu ? gpu->grad_norm() : zero ? zero_grad_norm() : mpar ? mp_grad_norm() : AdamW<float>::grad_norm(model->params());
+    const double gnorm = gpu ? (mpar ? staged_norm : gpu->grad_norm())
+                             : zero ? zero_grad_norm() : mpar ? mp_grad_norm(model->params()) : AdamW<float>::grad_norm(model->params());
     const bool bad = !std::isfinite(loss) || !std::isfinite(gnorm);
     if (bad) {
       ++bad_in_a_row, ++bad_total;
@@ -655,14 +746,21 @@ int run_training(const Recipe& r, const TrainOptions& opt, RunReceipt& rc) {
       tr["z_loss"] = aux.z;
     }
     if (comm) {
-      double comm_s1 = 0;
-      for (Communicator* sc : {comm, tp_comm.get(), dp_comm.get(), ep_comm.get(), edp_comm.get()})
-        if (sc)
-          for (const auto& x : sc->stats()) comm_s1 += x.seconds;
+      // Exposed communication: the time the training thread was blocked on communication — the step's
+      // collectives it ran itself plus its wait for the communication thread (which includes that
+      // thread's staging copies on a host communicator). Overlapped: the communication thread's
+      // collective seconds the training thread did not wait for (max(0, thread − wait)).
+      const double comm_s1 = comm_seconds();
+      const DeviceModel::DpTimes dt = dev_dp ? gpu->take_dp_times() : DeviceModel::DpTimes{};
+      const double exposed = std::max(0.0, (comm_s1 - comm_s0) - dt.async_comm_s) + dt.wait_s;
+      const double overlapped = std::max(0.0, dt.async_comm_s - dt.wait_s);
+      step_comm_s += comm_s1 - comm_s0, step_exposed_s += exposed, step_overlapped_s += overlapped;
+      step_thread_s += dt.async_comm_s, step_wait_s += dt.wait_s;
       step_times.push_back(step_s);
       rank_metrics->append(nlohmann::json{{"rank", rank}, {"step", step + 1}, {"loss", loss},
                                           {"local_loss", local_loss_sum / static_cast<double>(n_micro * t.mbs * t.seq_len)},
-                                          {"ms", total_s * 1e3}, {"comm_ms", (comm_s1 - comm_s0) * 1e3}, {"data_wait_ms", wait * 1e3},
+                                          {"ms", total_s * 1e3}, {"comm_ms", (comm_s1 - comm_s0) * 1e3},
+                                          {"exposed_comm_ms", exposed * 1e3}, {"data_wait_ms", wait * 1e3},
                                           {"grad_norm", gnorm}, {"skipped", bad}}.dump());
     }
     if (gpu) {
@@ -688,6 +786,8 @@ int run_training(const Recipe& r, const TrainOptions& opt, RunReceipt& rc) {
     if (t.eval_every > 0 && completed % t.eval_every == 0 && !last) evaluate();
     if (t.checkpoint_every > 0 && completed % t.checkpoint_every == 0 && !last) checkpoint();
     if (opt.interrupt_after_step == step + 1) request_training_interrupt();
+    if (opt.fail_rank == rank && opt.fail_after_step == step + 1)
+      throw std::runtime_error("injected failure after step " + std::to_string(step + 1) + " (TrainOptions::fail_after_step)");
     bool stop_now = training_interrupt_requested();
     if (comm) {  // every rank stops at the same step
       double f = stop_now ? 1 : 0;

@@ -568,12 +568,39 @@ struct MoeBlockGpu::Impl {
   std::vector<cudaEvent_t> ev_join;
   cudaEvent_t ev_fork = nullptr;
 
+  // Expert parallelism (opt.ep.size > 1; see MoeExpertParallel in moe.hpp). Received rows are kept in
+  // source-rank-major order (source p's block holds its rows for local expert 0, 1, ... in turn), the
+  // order they arrive in; the GEMMs run per (source, local expert) segment.
+  MoeExpertParallel ep;
+  int ep_n = 1, ep_r = 0, el = 0;  // EP size, rank, local experts (E / ep_n; 0 without EP)
+  int64_t ep_rmax = 0;             // received-row capacity: ep_n · T · min(K, el)
+  int* ep_rc_dev = nullptr;        // [ep_n·el] received kept counts (device), pin_rc its host copy
+  int* pin_rc = nullptr;
+  bf16 *xr = nullptr, *ar = nullptr, *hr = nullptr, *er = nullptr, *dhr = nullptr, *dar = nullptr, *dXr = nullptr;
+  std::vector<int> h_rc, h_seg0;   // rows from source p for local expert j, and that segment's first row
+  std::vector<std::size_t> ep_sb, ep_so, ep_rb, ep_ro;  // row exchange (forward direction): bytes, offsets
+
   Impl(const MoeConfig& cfg, Path p, cudaStream_t s, const MoeGpuOptions& gopt)
       : c(cfg), path(p), stream(s), force_loop(!gopt.grouped_gemm), overlap(gopt.overlap) {
     if (gopt.expert_streams < 1 || gopt.expert_streams > 16)
       throw std::invalid_argument("moe: expert_streams=" + std::to_string(gopt.expert_streams) +
                                   " not supported (supported: 1..16)");
     c.validate();
+    if (gopt.ep.size > 1) {
+      ep = gopt.ep;
+      ep_n = gopt.ep.size, ep_r = gopt.ep.rank;
+      if (ep_r < 0 || ep_r >= ep_n)
+        throw std::invalid_argument("moe: ep.rank=" + std::to_string(ep_r) + " outside [0, ep.size=" + std::to_string(ep_n) + ")");
+      if (c.experts % ep_n != 0)
+        throw std::invalid_argument("moe: ep.size=" + std::to_string(ep_n) + " does not divide experts=" + std::to_string(c.experts));
+      if (path != Path::Fused)
+        throw std::invalid_argument("moe: expert parallelism (ep.size=" + std::to_string(ep_n) +
+                                    ") runs on the fused path only (supported with ep.size > 1: fused)");
+      if (!ep.all_to_all_v) throw std::invalid_argument("moe: ep.size > 1 needs ep.all_to_all_v");
+      el = static_cast<int>(c.experts / ep_n);
+    } else if (gopt.ep.size < 1) {
+      throw std::invalid_argument("moe: ep.size=" + std::to_string(gopt.ep.size) + " not supported (supported: >= 1)");
+    }
     const int64_t T = c.tokens, H = c.hidden, E = c.experts, F = c.ffn_hidden, F1 = c.ffn1(), S = c.shared_hidden;
     NS = c.slots();
     nchunks = static_cast<int>((NS + kChunk - 1) / kChunk);
@@ -654,6 +681,18 @@ struct MoeBlockGpu::Impl {
     MEGACPP_CUDA_CHECK(cudaMallocHost(&hptr, sizeof(void*) * 6 * 3 * E));
     dptr = alloc<void*>(6 * 3 * E);
     last_uploaded.assign(6 * 3 * E, nullptr);
+    if (ep_n > 1) {
+      ep_rmax = static_cast<int64_t>(ep_n) * T * std::min<int64_t>(c.top_k, el);
+      xr = alloc<bf16>(ep_rmax * H);
+      ar = alloc<bf16>(ep_rmax * F1);
+      hr = alloc<bf16>(ep_rmax * F);
+      er = alloc<bf16>(ep_rmax * H);
+      dhr = alloc<bf16>(ep_rmax * F);
+      dar = alloc<bf16>(ep_rmax * F1);
+      dXr = alloc<bf16>(ep_rmax * H);
+      ep_rc_dev = alloc<int>(static_cast<size_t>(ep_n) * el);
+      MEGACPP_CUDA_CHECK(cudaMallocHost(&pin_rc, sizeof(int) * ep_n * el));
+    }
   }
   ~Impl() {
     for (void* p : owned)
@@ -661,6 +700,7 @@ struct MoeBlockGpu::Impl {
     if (pin_i) cudaFreeHost(pin_i);
     if (pin_f) cudaFreeHost(pin_f);
     if (hptr) cudaFreeHost(hptr);
+    if (pin_rc) cudaFreeHost(pin_rc);
     if (ev_counts) cudaEventDestroy(ev_counts);
     if (ev_a) cudaEventDestroy(ev_a);
     if (ev_b) cudaEventDestroy(ev_b);
@@ -879,6 +919,116 @@ struct MoeBlockGpu::Impl {
     }
   }
 
+  // ---- expert parallelism ------------------------------------------------------------------------
+  // (xstream[i], xblas[i]) of the per-expert loop, or the main stream/handle with the grouped option.
+  cudaStream_t xs_stream(int j) const { return xstream.empty() ? stream : xstream[j % xstream.size()]; }
+  cublasHandle_t xs_blas(int j) const { return xblas.empty() ? blas : xblas[j % xblas.size()]; }
+  void ep_fork() {
+    if (!xstream.empty()) fork();
+  }
+  void ep_join() {
+    if (!xstream.empty()) join();
+  }
+
+  // Exchange the kept counts of every destination's experts, then the rows (xs → xr), and set up the
+  // segment table. Called after read_counts(); `stream` is ordered after the permute.
+  void ep_dispatch() {
+    const int P = ep_n, H = (int)c.hidden;
+    std::vector<std::size_t> cb(P, sizeof(int) * el), co(P);
+    for (int q = 0; q < P; ++q) co[q] = sizeof(int) * static_cast<std::size_t>(q) * el;
+    ep.all_to_all_v(kept, cb, co, ep_rc_dev, cb, co, stream);
+    MEGACPP_CUDA_CHECK(cudaMemcpyAsync(pin_rc, ep_rc_dev, sizeof(int) * P * el, cudaMemcpyDeviceToHost, stream));
+    MEGACPP_CUDA_CHECK(cudaStreamSynchronize(stream));
+    h_rc.assign(pin_rc, pin_rc + P * el);
+    h_seg0.assign(static_cast<std::size_t>(P) * el, 0);
+    ep_sb.assign(P, 0), ep_so.assign(P, 0), ep_rb.assign(P, 0), ep_ro.assign(P, 0);
+    const std::size_t row = sizeof(bf16) * static_cast<std::size_t>(H);
+    int64_t rtot = 0, sent = 0;
+    for (int q = 0; q < P; ++q) {
+      const int lo = h_off[q * el], hi = h_off[(q + 1) * el];
+      ep_so[q] = row * static_cast<std::size_t>(lo), ep_sb[q] = row * static_cast<std::size_t>(hi - lo);
+      if (q != ep_r) sent += hi - lo;
+      ep_ro[q] = row * static_cast<std::size_t>(rtot);
+      for (int j = 0; j < el; ++j) {
+        const int n = h_rc[q * el + j];
+        if (n < 0) throw std::logic_error("moe EP: negative row count received");
+        h_seg0[q * el + j] = static_cast<int>(rtot);
+        rtot += n;
+      }
+      ep_rb[q] = row * static_cast<std::size_t>(rtot) - ep_ro[q];
+    }
+    if (rtot > ep_rmax)
+      throw std::logic_error("moe EP: " + std::to_string(rtot) + " received rows exceed the allocation (" +
+                             std::to_string(ep_rmax) + ")");
+    st.ep_recv_rows = rtot;
+    st.ep_sent_rows = sent;
+    ep.all_to_all_v(xs, ep_sb, ep_so, xr, ep_rb, ep_ro, stream);
+  }
+
+  void ep_forward_experts(const MoeParamsDev& p) {
+    const int H = (int)c.hidden, F = (int)c.ffn_hidden, F1 = (int)c.ffn1(), P = ep_n;
+    const bool sw = c.act == Activation::SwiGLU;
+    ep_dispatch();
+    ep_fork();
+    for (int j = 0; j < el; ++j) {
+      cublasHandle_t hb = xs_blas(j);
+      cudaStream_t sj = xs_stream(j);
+      for (int q = 0; q < P; ++q) {
+        const int n = h_rc[q * el + j];
+        if (n == 0) continue;
+        const size_t r0 = h_seg0[q * el + j];
+        gemm_one(hb, Gemm{false, true, n, F1, H, xr + r0 * H, H, p.w1 + (size_t)j * F1 * H, H, ar + r0 * F1, F1},
+                 CUDA_R_16BF);
+        k_act_fwd<<<blocks_for((long)n * F / 8, 256), 256, 0, sj>>>(ar + r0 * F1, n, F, sw, hr + r0 * F);
+        MEGACPP_CUDA_CHECK_LAUNCH();
+        gemm_one(hb, Gemm{false, true, n, H, F, hr + r0 * F, F, p.w2 + (size_t)j * H * F, F, er + r0 * H, H},
+                 CUDA_R_16BF);
+      }
+    }
+    ep_join();
+    // outputs back to the sorted rows of their tokens' ranks (the reverse exchange)
+    ep.all_to_all_v(er, ep_rb, ep_ro, o, ep_sb, ep_so, stream);
+  }
+
+  // dO (sorted rows, from the combine backward) → the experts' owners; their dX rows come back into dX.
+  // Weight gradients of local expert j: Σ over source segments in source order (beta = 0 on the first
+  // segment, 1 after): deterministic; an expert with no rows from any source gets exact zeros.
+  void ep_backward_experts(const MoeParamsDev& p, const MoeGradsDev& g) {
+    const int H = (int)c.hidden, F = (int)c.ffn_hidden, F1 = (int)c.ffn1(), P = ep_n;
+    const bool sw = c.act == Activation::SwiGLU;
+    ep.all_to_all_v(dO, ep_sb, ep_so, er, ep_rb, ep_ro, stream);
+    ep_fork();
+    for (int j = 0; j < el; ++j) {
+      cublasHandle_t hb = xs_blas(j);
+      cudaStream_t sj = xs_stream(j);
+      bool first = true;
+      for (int q = 0; q < P; ++q) {
+        const int n = h_rc[q * el + j];
+        if (n == 0) continue;
+        const size_t r0 = h_seg0[q * el + j];
+        const float beta = first ? 0.f : 1.f;
+        gemm_one(hb, Gemm{false, false, n, F, H, er + r0 * H, H, p.w2 + (size_t)j * H * F, F, dhr + r0 * F, F},
+                 CUDA_R_16BF);
+        gemm_one(hb, Gemm{true, false, H, F, n, er + r0 * H, H, hr + r0 * F, F, g.w2 + (size_t)j * H * F, F},
+                 CUDA_R_32F, beta);
+        k_act_bwd<<<blocks_for((long)n * F / 8, 256), 256, 0, sj>>>(dhr + r0 * F, ar + r0 * F1, n, F, sw,
+                                                                    dar + r0 * F1);
+        MEGACPP_CUDA_CHECK_LAUNCH();
+        gemm_one(hb, Gemm{false, false, n, H, F1, dar + r0 * F1, F1, p.w1 + (size_t)j * F1 * H, H, dXr + r0 * H, H},
+                 CUDA_R_16BF);
+        gemm_one(hb, Gemm{true, false, F1, H, n, dar + r0 * F1, F1, xr + r0 * H, H, g.w1 + (size_t)j * F1 * H, H},
+                 CUDA_R_32F, beta);
+        first = false;
+      }
+      if (first) {
+        MEGACPP_CUDA_CHECK(cudaMemsetAsync(g.w1 + (size_t)j * F1 * H, 0, sizeof(float) * F1 * H, sj));
+        MEGACPP_CUDA_CHECK(cudaMemsetAsync(g.w2 + (size_t)j * H * F, 0, sizeof(float) * H * F, sj));
+      }
+    }
+    ep_join();
+    ep.all_to_all_v(dXr, ep_rb, ep_ro, dX, ep_sb, ep_so, stream);
+  }
+
   void forward(const bf16* x, const MoeParamsDev& p, bf16* y) {
     const int T = (int)c.tokens, H = (int)c.hidden, K = (int)c.top_k, E = (int)c.experts;
     route(x, p);
@@ -911,7 +1061,8 @@ struct MoeBlockGpu::Impl {
       k_combine<<<T, 128, 0, stream>>>(o_slot, nullptr, topk_w, ys, K, H, y);
       MEGACPP_CUDA_CHECK_LAUNCH();
     } else {
-      expert_forward_gemms(p, true);
+      if (ep_n > 1) ep_forward_experts(p);
+      else expert_forward_gemms(p, true);
       k_combine<<<T, 128, 0, stream>>>(o, slot_row, topk_w, ys, K, H, y);
       MEGACPP_CUDA_CHECK_LAUNCH();
     }
@@ -1041,7 +1192,8 @@ struct MoeBlockGpu::Impl {
     if (overlap) MEGACPP_CUDA_CHECK(cudaEventRecord(ev_b, side));
     shared_backward(x, p, g, true, dy);
     if (overlap) MEGACPP_CUDA_CHECK(cudaStreamWaitEvent(stream, ev_b, 0));
-    expert_backward_gemms(x, p, g, true);
+    if (ep_n > 1) ep_backward_experts(p, g);
+    else expert_backward_gemms(x, p, g, true);
     if (path == Path::Standard) {
       // unpad → sorted, unpermute → slot order (zeros for dropped)
       k_gather<<<blocks_for(nrows * (H / 8), 256), 256, 0, stream>>>(dXp, unpad_src, nrows, H, dX);
@@ -1067,12 +1219,14 @@ void MoeBlockGpu::backward(const bf16* x, const MoeParamsDev& p, const bf16* dy,
 }
 void MoeBlockGpu::forward_expert_gemms_only(const bf16* x, const MoeParamsDev& p) {
   if (!d_->have_forward) throw std::logic_error("moe: gemm replay before forward");
+  if (d_->ep_n > 1) throw std::logic_error("moe: the GEMM-only replay is not available with expert parallelism");
   d_->shared_forward_gemms(x, p);
   d_->expert_forward_gemms(p, false);
 }
 void MoeBlockGpu::backward_expert_gemms_only(const bf16* x, const MoeParamsDev& p, const bf16* dy,
                                              const MoeGradsDev& g) {
   if (!d_->have_forward) throw std::logic_error("moe: gemm replay before forward");
+  if (d_->ep_n > 1) throw std::logic_error("moe: the GEMM-only replay is not available with expert parallelism");
   d_->shared_backward(x, p, g, false, dy);
   d_->expert_backward_gemms(x, p, g, false);
 }
@@ -1087,6 +1241,11 @@ std::string MoeBlockGpu::note() const {
                         : "expert GEMMs: cublasGemmGroupedBatchedEx (a refusal is listed below); ";
   else
     s += "expert GEMMs: cublasGemmStridedBatchedEx over padded batches; ";
+  if (d_->ep_n > 1)
+    s += "expert parallelism: ep " + std::to_string(d_->ep_r) + "/" + std::to_string(d_->ep_n) + ", " +
+         std::to_string(d_->el) + " local experts, GEMMs per (source rank, local expert) segment on " +
+         (d_->xstream.empty() ? std::string("the main stream") : std::to_string(d_->xstream.size()) + " stream(s)") +
+         ", 3 blocking exchanges per forward and 2 per backward; ";
   s += d_->overlap ? "dispatch overlapped with shared-expert GEMMs (side stream); " : "single stream; ";
   return s + d_->note_grouped;
 }

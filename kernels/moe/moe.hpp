@@ -23,6 +23,8 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
+#include <cstddef>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -49,6 +51,29 @@ struct MoeStepStats {
   double aux_loss = 0, z_loss = 0;
   int64_t kept_rows = 0;     // rows the experts computed (T·K minus drops)
   int64_t padded_rows = 0;   // standard path: E · Cmax (rows the batched GEMM computed); fused: kept_rows
+  // Expert parallelism (MoeExpertParallel, size > 1): rows this rank's local experts computed for all EP
+  // ranks (received), and rows this rank sent to other ranks' experts (its own rows excluded). 0 without EP.
+  int64_t ep_recv_rows = 0, ep_sent_rows = 0;
+};
+
+// Expert parallelism (issue 8; the CPU contract is engine/model/parallel.hpp and moe_block.cpp):
+// the object holds only experts [rank·E/size, (rank+1)·E/size) — w1/w2 and their gradients are then the
+// LOCAL experts' tensors [E/size, F1, H], [E/size, H, F] — while routing (the replicated router, top-k,
+// capacity, aux and z losses) stays over all E experts on this rank's own tokens. After routing, the
+// expert-sorted rows of the experts of EP rank q (contiguous: rows [offsets[q·E/size], offsets[(q+1)·E/size]))
+// go to q with one variable all-to-all (preceded by one of the per-expert kept counts), q runs them through
+// its experts (one GEMM chain per (source rank, local expert) segment, weight gradients accumulated over
+// the sources in source order: deterministic), and the outputs come back to the same sorted rows; the
+// combine and everything after it are the single-rank code. Backward mirrors it (dO out, dX back).
+// Fused path only (the standard path's padded batches are refused with an error naming the limit).
+// all_to_all_v: blocking exchange of DEVICE bytes over the EP group (Communicator::all_to_all_v semantics);
+// it must first order itself after `stream`'s work, and returns with `recv` written.
+struct MoeExpertParallel {
+  int size = 1, rank = 0;
+  std::function<void(const void* send, const std::vector<std::size_t>& send_bytes,
+                     const std::vector<std::size_t>& send_off, void* recv, const std::vector<std::size_t>& recv_bytes,
+                     const std::vector<std::size_t>& recv_off, cudaStream_t stream)>
+      all_to_all_v;
 };
 
 struct MoeGpuOptions {
@@ -61,6 +86,8 @@ struct MoeGpuOptions {
   // Run the memory-bound dispatch work (permute; combine/router backward) on a side stream beside the
   // shared-expert GEMMs (events order it; results are bitwise identical either way).
   bool overlap = true;
+  // Expert parallelism (default: none). See MoeExpertParallel.
+  MoeExpertParallel ep;
 };
 
 class MoeBlockGpu {

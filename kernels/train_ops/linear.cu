@@ -9,6 +9,9 @@
 // Saved for backward: nothing beyond x (the caller keeps it). FLOPs 2·M·N·K per GEMM.
 // Resources: cuBLASLt's kernels (HGMMA on sm_90); one 32 MiB workspace per process; plan cache keyed by
 // the full GEMM description and the pointers' alignment (so a less aligned arena slice gets its own plan).
+// A plan that needs workspace gets the process workspace on the first stream that used one, and a 32 MiB
+// workspace of its own on any other stream (allocated on that stream's first such GEMM): several models
+// in one process on concurrent streams (in-process ranks sharing a GPU) never share a workspace.
 #include <cublasLt.h>
 
 #include <cstdio>
@@ -56,6 +59,9 @@ struct LtContext {
   void* workspace = nullptr;
   std::mutex mu;
   std::map<Key, Plan> plans;
+  bool ws_claimed = false;
+  cudaStream_t ws_stream = nullptr;            // the stream that uses `workspace`
+  std::map<cudaStream_t, void*> stream_ws;     // the others' own workspaces
   std::vector<std::pair<Key, std::string>> order;
   LtContext() {
     TRAIN_OPS_LT_CHECK(cublasLtCreate(&handle));
@@ -137,6 +143,7 @@ void gemm_rm(const GemmDesc& g, const bf16* A, const bf16* B, void* D, float alp
   const Key key{g.ta, g.tb, g.m, g.n, g.k, g.lda, g.ldb, g.ldd, int(g.out), beta != 0.0f, al_a, al_b, al_d};
   auto& c = ctx();
   const Plan* p = nullptr;
+  void* ws = c.workspace;
   {
     std::lock_guard<std::mutex> lk(c.mu);
     auto it = c.plans.find(key);
@@ -145,9 +152,20 @@ void gemm_rm(const GemmDesc& g, const bf16* A, const bf16* B, void* D, float alp
       c.order.emplace_back(key, it->second.line);
     }
     p = &it->second;
+    if (p->ws > 0) {
+      if (!c.ws_claimed) c.ws_claimed = true, c.ws_stream = stream;
+      if (stream != c.ws_stream) {
+        void*& w = c.stream_ws[stream];
+        if (!w) MEGACPP_CUDA_CHECK(cudaMalloc(&w, kWorkspaceBytes));
+        ws = w;
+      }
+    }
+    // The launch stays under the lock: several host threads (in-process ranks) share the handle and the
+    // cached descriptors, and a heuristic query of one never overlaps a matmul of another (an async
+    // enqueue: the lock is held for microseconds).
+    TRAIN_OPS_LT_CHECK(cublasLtMatmul(c.handle, p->op, &alpha, B, p->a, A, p->b, &beta, D, p->d, D, p->d, &p->algo,
+                                      ws, kWorkspaceBytes, stream));
   }
-  TRAIN_OPS_LT_CHECK(cublasLtMatmul(c.handle, p->op, &alpha, B, p->a, A, p->b, &beta, D, p->d, D, p->d, &p->algo,
-                                    c.workspace, kWorkspaceBytes, stream));
 }
 
 std::vector<std::string> gemm_plans() {

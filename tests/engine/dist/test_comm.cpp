@@ -1,6 +1,9 @@
 // The in-process communicator against serial computations (bit-exact: sums in rank order), abort on
 // failure (no hang), the launch-environment parser, and the TCP rendezvous on 127.0.0.1.
 #include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <chrono>
@@ -283,6 +286,65 @@ TEST(TcpStore, AMissingKeyTimesOutAndAMissingServerIsReported) {
   }
   EXPECT_THROW(TcpStore("127.0.0.1", 1, 1, 2, 0.3), std::runtime_error);  // nobody listens on port 1
   EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), 15.0);
+}
+
+// Faults in a multi-process run: rank 1 is a real process that heartbeats through the TCP store and is
+// killed (SIGKILL); rank 2 reports a failure of its own. The survivor's probe (what an NCCL collective
+// that fails or times out appends to its error, and so what rank 0's receipt records) names both.
+TEST(Heartbeat, ADeadRankAndAFailedRankAreNamed) {
+  int to_child[2];
+  ASSERT_EQ(::pipe(to_child), 0);
+  const pid_t child = ::fork();  // before any store thread exists in this process
+  ASSERT_GE(child, 0);
+  if (child == 0) {  // rank 1: heartbeat until killed
+    ::close(to_child[1]);
+    int port = 0;
+    if (::read(to_child[0], &port, sizeof port) != static_cast<ssize_t>(sizeof port)) ::_exit(3);
+    try {
+      Heartbeat hb(std::make_unique<TcpStore>("127.0.0.1", port, 1, 3, 10), 1, 3, 0.05);
+      for (;;) std::this_thread::sleep_for(std::chrono::seconds(1));
+    } catch (...) {
+      ::_exit(4);
+    }
+  }
+  ::close(to_child[0]);
+  struct Reap {  // the child never outlives the test, whatever fails
+    pid_t pid;
+    ~Reap() {
+      if (pid > 0) ::kill(pid, SIGKILL), ::waitpid(pid, nullptr, 0);
+    }
+  } reap{child};
+  auto s0 = std::make_unique<TcpStore>("127.0.0.1", 0, 0, 3, 10);
+  const int port = s0->port();
+  ASSERT_EQ(::write(to_child[1], &port, sizeof port), static_cast<ssize_t>(sizeof port));
+  ::close(to_child[1]);
+  Heartbeat hb0(std::move(s0), 0, 3, 0.05);
+  auto hb2 = std::make_unique<Heartbeat>(std::make_unique<TcpStore>("127.0.0.1", port, 2, 3, 10), 2, 3, 0.05);
+  {  // wait for rank 1's heartbeats
+    TcpStore probe("127.0.0.1", port, 1, 3, 10);  // a client (rank 0 would serve)
+    std::string v;
+    const auto t0 = std::chrono::steady_clock::now();
+    while (!(probe.try_get("hb/1", v) && v != "0")) {
+      ASSERT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), 10.0) << "rank 1 never beat";
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+  }
+  const std::string alive = hb0.dead_ranks();
+  EXPECT_NE(alive.find("every other rank is alive"), std::string::npos) << alive;
+  ::kill(child, SIGKILL);
+  ::waitpid(child, nullptr, 0);
+  reap.pid = -1;
+  hb2->report_failure("CUDA out of memory allocating the activation arena");
+  const std::string dead = probe_faults();  // hb0 installed itself as the process's fault probe (hb2 last: it wins)
+  const std::string from0 = hb0.dead_ranks();
+  std::printf("probe: %s\nrank 0: %s\n", dead.c_str(), from0.c_str());
+  EXPECT_NE(from0.find("rank 1 is dead"), std::string::npos) << from0;
+  EXPECT_NE(from0.find("rank 2 failed: CUDA out of memory"), std::string::npos) << from0;
+  EXPECT_NE(dead.find("rank 1 is dead"), std::string::npos) << dead;
+  hb2.reset();  // a clean exit is not a death
+  const std::string after = hb0.dead_ranks();
+  EXPECT_NE(after.find("rank 2 failed"), std::string::npos) << after;
+  EXPECT_EQ(after.find("rank 2 is dead"), std::string::npos) << after;
 }
 
 }  // namespace

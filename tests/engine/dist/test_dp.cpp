@@ -226,5 +226,36 @@ TEST(DataParallel, GlobalBatchMustDivideOverTheRanks) {
   }
 }
 
+TEST(DataParallel, AFailingRankIsNamedInTheSurvivorsErrors) {
+  // Rank 1 dies after step 2 (an exception on its thread); rank 0's next collective throws naming it — the
+  // error a CLI run records as rank 0's receipt failure. (Multi-process NCCL runs name a dead process through
+  // the TCP store's heartbeats: test_comm.cpp, Heartbeat.*.)
+  const auto root = test::scratch_dir("dp-fault");
+  const Recipe r = tiny(root);
+  std::string rank0_error;
+  std::mutex mu;
+  try {
+    run_ranks(2, [&](Communicator& c) {
+      TrainOptions o;
+      o.comm = &c, o.quiet = true, o.fail_rank = 1, o.fail_after_step = 2;
+      RunReceipt rc("train", {"test"});
+      rc.set_recipe(r);
+      try {
+        run_training(r, o, rc);
+      } catch (const std::exception& e) {
+        if (c.rank() == 0) {
+          std::lock_guard<std::mutex> lk(mu);
+          rank0_error = e.what();
+        }
+        throw;
+      }
+    });
+    FAIL() << "run_ranks should have thrown";
+  } catch (const std::runtime_error& e) {
+    EXPECT_NE(std::string(e.what()).find("rank 1 of 2: injected failure after step 2"), std::string::npos) << e.what();
+  }
+  EXPECT_NE(rank0_error.find("rank 1 failed: injected failure after step 2"), std::string::npos) << rank0_error;
+}
+
 }  // namespace
 }  // namespace megacpp

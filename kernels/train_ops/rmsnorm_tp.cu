@@ -1,0 +1,188 @@
+// rmsnorm_tp.cu — RMSNorm with the channel dimension split over tensor-parallel ranks (math and shapes:
+// rmsnorm_tp.hpp). The caller all-reduces the partial row statistics (ss, dot) between the kernels.
+// Resources: row kernels 256 threads = 8 warps, one warp per row, 16-byte loads, no smem; dw partial
+// 128 threads (one 8-column vector over 64 rows each), dw reduce 256 threads (one column each).
+// Saved for backward: rstd [M] (the caller keeps x).
+#include "kernels/train_ops/rmsnorm.hpp"
+#include "kernels/train_ops/rmsnorm_tp.hpp"
+#include "kernels/train_ops/train_ops_device.cuh"
+
+namespace megacpp::train_ops {
+namespace {
+
+using detail::load8;
+using detail::store8;
+using detail::warp_sum;
+
+constexpr int kRowThreads = 256, kRowsPerBlock = kRowThreads / 32;
+constexpr int kDwRows = 64, kDwThreads = 128, kRedThreads = 256;
+
+__global__ void __launch_bounds__(kRowThreads) tp_sumsq_kernel(const bf16* __restrict__ x, float* __restrict__ ss,
+                                                               int64_t M, int C) {
+  const int64_t row = int64_t(blockIdx.x) * kRowsPerBlock + threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
+  if (row >= M) return;
+  float s = 0.f;
+  for (int j = lane; j < C / 8; j += 32) {
+    float a[8];
+    load8(x + row * C + j * 8, a);
+#pragma unroll
+    for (int i = 0; i < 8; ++i) s += a[i] * a[i];
+  }
+  s = warp_sum(s);
+  if (lane == 0) ss[row] = s;
+}
+
+__global__ void __launch_bounds__(kRowThreads) tp_apply_kernel(const bf16* __restrict__ x, const bf16* __restrict__ w,
+                                                               const float* __restrict__ ss, bf16* __restrict__ y,
+                                                               float* __restrict__ rstd, int64_t M, int C, float cf,
+                                                               float eps) {
+  const int64_t row = int64_t(blockIdx.x) * kRowsPerBlock + threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
+  if (row >= M) return;
+  const float r = 1.0f / sqrtf(ss[row] / cf + eps);  // the plain kernel's expression (C = C_full: bitwise equal)
+  if (lane == 0) rstd[row] = r;
+  for (int j = lane; j < C / 8; j += 32) {
+    float a[8], ww[8];
+    load8(x + row * C + j * 8, a);
+    load8(w + j * 8, ww);
+#pragma unroll
+    for (int i = 0; i < 8; ++i) a[i] = a[i] * r * ww[i];
+    store8(y + row * C + j * 8, a);
+  }
+}
+
+__global__ void __launch_bounds__(kRowThreads) tp_dot_kernel(const bf16* __restrict__ x, const bf16* __restrict__ w,
+                                                             const bf16* __restrict__ dy, float* __restrict__ dot,
+                                                             int64_t M, int C) {
+  const int64_t row = int64_t(blockIdx.x) * kRowsPerBlock + threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
+  if (row >= M) return;
+  float d = 0.f;
+  for (int j = lane; j < C / 8; j += 32) {
+    float a[8], g[8], ww[8];
+    load8(x + row * C + j * 8, a);
+    load8(dy + row * C + j * 8, g);
+    load8(w + j * 8, ww);
+#pragma unroll
+    for (int i = 0; i < 8; ++i) d += g[i] * ww[i] * a[i];
+  }
+  d = warp_sum(d);
+  if (lane == 0) dot[row] = d;
+}
+
+// dx = rstd·(dy·w − x·rstd·(dot·rstd/C_full))  (the plain kernel's expression, in its order, with the global dot)
+__global__ void __launch_bounds__(kRowThreads) tp_dx_kernel(const bf16* __restrict__ x, const bf16* __restrict__ w,
+                                                            const float* __restrict__ rstd, const bf16* __restrict__ dy,
+                                                            const float* __restrict__ dot, bf16* __restrict__ dx,
+                                                            int64_t M, int C, float cf) {
+  const int64_t row = int64_t(blockIdx.x) * kRowsPerBlock + threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
+  if (row >= M) return;
+  const float r = rstd[row];
+  const float dm = dot[row] * r / cf;
+  for (int j = lane; j < C / 8; j += 32) {
+    float a[8], g[8], ww[8], o[8];
+    load8(x + row * C + j * 8, a);
+    load8(dy + row * C + j * 8, g);
+    load8(w + j * 8, ww);
+#pragma unroll
+    for (int i = 0; i < 8; ++i) o[i] = r * (g[i] * ww[i] - a[i] * r * dm);
+    store8(dx + row * C + j * 8, o);
+  }
+}
+
+// partial[p, c] = Σ_{m in rows [64p, 64p+64)} dy·x·rstd  (fixed row order)
+__global__ void __launch_bounds__(kDwThreads) tp_dw_partial_kernel(const bf16* __restrict__ x, const float* __restrict__ rstd,
+                                                                   const bf16* __restrict__ dy, float* __restrict__ partial,
+                                                                   int64_t M, int C) {
+  const int cv = blockIdx.x * kDwThreads + threadIdx.x;
+  if (cv >= C / 8) return;
+  const int64_t m0 = int64_t(blockIdx.y) * kDwRows;
+  const int64_t m1 = m0 + kDwRows < M ? m0 + kDwRows : M;
+  float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  for (int64_t m = m0; m < m1; ++m) {
+    float a[8], g[8];
+    load8(x + m * C + cv * 8, a);
+    load8(dy + m * C + cv * 8, g);
+    const float r = rstd[m];
+#pragma unroll
+    for (int i = 0; i < 8; ++i) acc[i] += g[i] * (a[i] * r);
+  }
+  float* out = partial + int64_t(blockIdx.y) * C + cv * 8;
+#pragma unroll
+  for (int i = 0; i < 8; ++i) out[i] = acc[i];
+}
+
+__global__ void __launch_bounds__(kRedThreads) tp_dw_reduce_kernel(const float* __restrict__ partial, float* __restrict__ dw,
+                                                                   int P, int C) {
+  const int c = blockIdx.x * kRedThreads + threadIdx.x;
+  if (c >= C) return;
+  float s = 0.f;
+  for (int p = 0; p < P; ++p) s += partial[int64_t(p) * C + c];
+  dw[c] += s;
+}
+
+void check(const char* op, int64_t M, int64_t C, int64_t C_full) {
+  detail::require(M > 0, std::string(op) + ": M must be > 0");
+  detail::require(C > 0 && C % 8 == 0 && C <= 65536,
+                  std::string(op) + ": C=" + std::to_string(C) + " not supported (C % 8 == 0, 8 ≤ C ≤ 65536)");
+  detail::require(C_full >= C, std::string(op) + ": C_full=" + std::to_string(C_full) + " < C=" + std::to_string(C));
+}
+
+}  // namespace
+
+void rmsnorm_tp_sumsq(const bf16* x, float* ss, int64_t M, int64_t C, cudaStream_t stream) {
+  check("rmsnorm_tp_sumsq", M, C, C);
+  detail::require_aligned16(x, "rmsnorm_tp_sumsq", "x");
+  tp_sumsq_kernel<<<detail::grid_1d(M, kRowsPerBlock), kRowThreads, 0, stream>>>(x, ss, M, int(C));
+  MEGACPP_CUDA_CHECK_LAUNCH();
+}
+
+void rmsnorm_tp_apply(const bf16* x, const bf16* w, const float* ss, bf16* y, float* rstd, int64_t M, int64_t C,
+                      int64_t C_full, float eps, cudaStream_t stream) {
+  check("rmsnorm_tp_apply", M, C, C_full);
+  for (const void* p : {(const void*)x, (const void*)w, (const void*)y}) detail::require_aligned16(p, "rmsnorm_tp_apply", "x/w/y");
+  tp_apply_kernel<<<detail::grid_1d(M, kRowsPerBlock), kRowThreads, 0, stream>>>(x, w, ss, y, rstd, M, int(C),
+                                                                                 float(C_full), eps);
+  MEGACPP_CUDA_CHECK_LAUNCH();
+}
+
+void rmsnorm_tp_bwd_dot(const bf16* x, const bf16* w, const bf16* dy, float* dot, int64_t M, int64_t C,
+                        cudaStream_t stream) {
+  check("rmsnorm_tp_bwd_dot", M, C, C);
+  for (const void* p : {(const void*)x, (const void*)w, (const void*)dy}) detail::require_aligned16(p, "rmsnorm_tp_bwd_dot", "x/w/dy");
+  tp_dot_kernel<<<detail::grid_1d(M, kRowsPerBlock), kRowThreads, 0, stream>>>(x, w, dy, dot, M, int(C));
+  MEGACPP_CUDA_CHECK_LAUNCH();
+}
+
+void rmsnorm_tp_bwd(const bf16* x, const bf16* w, const float* rstd, const bf16* dy, const float* dot, bf16* dx, float* dw,
+                    float* workspace, int64_t M, int64_t C, int64_t C_full, cudaStream_t stream) {
+  check("rmsnorm_tp_bwd", M, C, C_full);
+  for (const void* p : {(const void*)x, (const void*)w, (const void*)dy, (const void*)dx})
+    detail::require_aligned16(p, "rmsnorm_tp_bwd", "x/w/dy/dx");
+  detail::require(dx != nullptr, "rmsnorm_tp_bwd: dx is null");
+  tp_dx_kernel<<<detail::grid_1d(M, kRowsPerBlock), kRowThreads, 0, stream>>>(x, w, rstd, dy, dot, dx, M, int(C),
+                                                                              float(C_full));
+  MEGACPP_CUDA_CHECK_LAUNCH();
+  if (!dw) return;
+  detail::require(workspace != nullptr, "rmsnorm_tp_bwd: dw requested but workspace is null");
+  const int P = int((M + kDwRows - 1) / kDwRows);
+  detail::require(P <= 65535, "rmsnorm_tp_bwd: M too large (M ≤ 65535·64)");
+  tp_dw_partial_kernel<<<dim3(detail::grid_1d(C / 8, kDwThreads), P), kDwThreads, 0, stream>>>(x, rstd, dy, workspace, M,
+                                                                                               int(C));
+  MEGACPP_CUDA_CHECK_LAUNCH();
+  tp_dw_reduce_kernel<<<detail::grid_1d(C, kRedThreads), kRedThreads, 0, stream>>>(workspace, dw, P, int(C));
+  MEGACPP_CUDA_CHECK_LAUNCH();
+}
+
+std::vector<KernelInfo> rmsnorm_tp_kernel_info() {
+  return {{"tp_sumsq_kernel", (const void*)tp_sumsq_kernel, kRowThreads, 0},
+          {"tp_apply_kernel", (const void*)tp_apply_kernel, kRowThreads, 0},
+          {"tp_dot_kernel", (const void*)tp_dot_kernel, kRowThreads, 0},
+          {"tp_dx_kernel", (const void*)tp_dx_kernel, kRowThreads, 0},
+          {"tp_dw_partial_kernel", (const void*)tp_dw_partial_kernel, kDwThreads, 0},
+          {"tp_dw_reduce_kernel", (const void*)tp_dw_reduce_kernel, kRedThreads, 0}};
+}
+
+}  // namespace megacpp::train_ops
