@@ -133,7 +133,8 @@ class CudaModel final : public DeviceModel {
       if (V_ % tp != 0)  // (the CPU layout refuses it first; kept for the message)
         throw std::runtime_error("parallel.tp=" + std::to_string(tp) + " does not divide model.vocab=" + std::to_string(V_) +
                                  " (the embedding and the LM head are vocabulary-parallel)");
-      vl_ = V_ / tp, v0_ = mp_.tp_rank * vl_, vchunk_ = std::min<int64_t>(vl_, 8192);
+      // The CE chunk must be a multiple of 8; the kernel clamps it to the slice (vl_ may be e.g. 264/2 = 132).
+      vl_ = V_ / tp, v0_ = mp_.tp_rank * vl_, vchunk_ = (std::min<int64_t>(vl_, 8192) + 7) / 8 * 8;
       const int64_t Mv = maxB_ * S_;
       using SC = ScratchCarver;
       const std::size_t ws = SC::bytes_for<char>(to::lm_head_ce_vp_workspace_bytes(Mv, C_, vl_, vchunk_));
