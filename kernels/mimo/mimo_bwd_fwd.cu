@@ -6,9 +6,9 @@
 //   per-(b,h) partials of dΦ[r,p] = Σ_t dout·silu(zΖ)·y and dΖ[r,p] = Σ_t dout·Φ·y·silu'(zΖ)·z, (B,H,R,P) fp32,
 //   reduced over b in mimo_bwd_post (deterministic). silu'(u) = σ(u)(1 + u(1−σ(u))).
 // With the PsiV cache the values V are read from it instead of x·Ψ.
-// Resources (v7, ptxas sm_90a), smem fwd_layout() (112,640 B at N=128,P=64,M=64): N·P ≤ 8192 and R ≤ 4: 512 threads,
-// NT=2, 64 regs (192 B spill stores / 128 B loads), 2 CTAs/SM; N·P ≤ 8192 and R = 8: 256 threads, NT=4, 126 regs,
-// 2 CTAs/SM, no spills; N·P = 16384: 256 threads, NT=8, 202 regs, 1 CTA/SM.
+// Resources (v10, ptxas sm_90a), smem fwd_layout() (112,640 B at N=128,P=64,M=64): N·P ≤ 8192 and R ≤ 4: 512 threads,
+// NT=2, 64 regs, no spills (v7–v9: 192 B spill stores / 128 B loads), 2 CTAs/SM; N·P ≤ 8192 and R = 8: 256 threads,
+// NT=4, 124 regs, 2 CTAs/SM; N·P = 16384: 256 threads, NT=8, 178 regs, 1 CTA/SM; no spills in any instance.
 #include <cstdlib>
 #include <string>
 

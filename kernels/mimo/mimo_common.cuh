@@ -38,7 +38,9 @@ __host__ __device__ inline FwdLayout fwd_layout(int N, int P, int R, int Mp, int
   L.zeta = take(4u * R * P);
   L.qb = take(4u * R * N);
   L.kb = take(4u * R * N);
-  L.sc = take(4u * 16 * kMaxLc + 4u * 2 * kThreads);
+  // sc: 16 scalar slots, then scratch: 2·kThreads floats, or the 512-thread mimo_bwd_fwd's dΦ/dΖ running sums
+  // (2·R·P floats, v10) where that is more (R·P > 256 only)
+  L.sc = take(4u * 16 * kMaxLc + 4u * (2 * R * P > 2 * kThreads ? 2 * R * P : 2 * kThreads));
   L.qbar = take(2u * Mp * (N + 8));
   L.kbar = take(2u * Mp * (N + 8));
   L.v = take(2u * Mp * (P + 8));
@@ -85,10 +87,23 @@ __host__ __device__ inline BwdLayout bwd_layout(int N, int P, int R, int Mp, int
 // Scalar arrays inside the `sc` region (fp32, kMaxLc each).
 enum ScalarSlot { kA = 0, kEA, kEAB, kGam, kFac, kSig, kDt, kDA, kXs, kDAb, kDfac, kWork, kWork2 };
 
+// fwd_layout()'s offsets as 32-bit kernel parameters (v10): mimo_fwd / mimo_bwd_fwd read them from the constant bank
+// where they use them instead of computing the layout into registers that live across the chunk loop (the 512-thread
+// instances spilled them at their 64-register cap: mimo_fwd 8 B, mimo_bwd_fwd part of its 192 B).
+struct FwdOffsets {
+  unsigned int psi, phi, zeta, qb, kb, sc, qbar, kbar, v, vd, pm, sb, ys, w;
+};
+inline FwdOffsets fwd_offsets(const FwdLayout& L) {
+  auto u = [](std::size_t x) { return static_cast<unsigned int>(x); };
+  return {u(L.psi), u(L.phi), u(L.zeta), u(L.qb), u(L.kb), u(L.sc), u(L.qbar), u(L.kbar), u(L.v), u(L.vd), u(L.pm),
+          u(L.sb), u(L.ys), u(L.w)};
+}
+
 // Kernel parameters passed by value.
 struct KParams {
   MimoDims d;
-  int lR, lN4;  // log2(R), log2(N/4)
+  int lR, lN4;    // log2(R), log2(N/4)
+  FwdOffsets fo;  // fwd_offsets(fwd_layout(d.N, d.P, d.R, d.Mp, d.Lc)), set by make_params
   MimoFwdArgs in;
   const bf16_bits* dout;
   // bwd_fwd outputs

@@ -4,8 +4,8 @@
 // trap (B,H,S) bf16; angles (B,S,H,N_ang) fp32 cumulative; params fp32. Grid (H,B), 512 or 256 threads.
 // Saved for backward: nothing but the inputs (like upstream); optionally the PsiV cache (B,H,S,R,P) bf16 that the
 // backward kernels then read instead of recomputing x·Ψ, and the final state (B,H,N,P) fp32.
-// Resources (v8, ptxas, sm_90a): N·P ≤ 8192: 512 threads, NT=2, __launch_bounds__(512,2) → 64 regs (8 B spill),
-// 2 CTAs/SM = 32 warps/SM; N·P = 16384: 256 threads, NT=8, 164 regs, 1 CTA/SM, no spills. Dynamic smem fwd_layout():
+// Resources (v10, ptxas, sm_90a): N·P ≤ 8192: 512 threads, NT=2, __launch_bounds__(512,2) → 64 regs, no spills (v8:
+// 8 B), 2 CTAs/SM = 32 warps/SM; N·P = 16384: 256 threads, NT=8, 136 regs (v8: 164), 1 CTA/SM, no spills. Dynamic smem fwd_layout():
 // 112,640 B at N=128,P=64,M=64. SASS (device, v8): 30 / 66 HMMA for the two instances.
 #include "kernels/common/cuda_check.hpp"
 #include "kernels/mimo/mimo_fwd_core.cuh"

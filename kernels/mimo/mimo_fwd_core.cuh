@@ -11,9 +11,11 @@
 //   out[t,p] = Σ_r Φ[r,p]·silu(z[t,p]Ζ[r,p])·Y[(t,r),p]
 // BWD: writes S_c (bf16, the state entering each chunk) for mimo_bwd_bwd, dZ, and per-(b,h) partials of dΦ, dΖ.
 // Resources: NTH = 512 threads (NT = 2, ≤ 64 regs, 2 CTAs/SM) when N·P ≤ 8192 (bwd: and R ≤ 4), else 256 threads
-// (NT = 4 or 8); state NT·8 fp32 regs/thread; smem fwd_layout() (112,640 B at N=128,P=64,M=64). ptxas (v8, sm_90a):
-// fwd 512-thread 64 regs with an 8 B spill (4 LDL/STL in SASS), bwd 512-thread 64 regs with 192 B spill stores /
-// 128 B loads (72 LDL/STL in SASS): both measured faster than the spill-free 256-thread versions (docs/perf/mimo.md).
+// (NT = 4 or 8); state NT·8 fp32 regs/thread; smem fwd_layout() (112,640 B at N=128,P=64,M=64). ptxas (v10, sm_90a):
+// no spills in any instance: fwd 512-thread 64 regs, 256-thread NT=8 136; bwd 512-thread 64, NT=4 124, NT=8 178.
+// (v8 had fwd 512: 8 B spill; bwd 512: 192 B spill stores / 128 B loads, 72 LDL/STL in SASS.) v10: the smem layout
+// offsets come from the kernel parameters (KParams::fo, constant bank) and the 512-thread backward folds its dΦ/dΖ
+// partials through shared memory once per chunk instead of holding 16 accumulators per thread (see below).
 // v8 (mimo_fwd only): the chunk's raw scalars are staged in shared memory one chunk ahead (stage_scalars_issue).
 #pragma once
 #include "kernels/mimo/mimo_common.cuh"
@@ -36,7 +38,7 @@ __global__ void __launch_bounds__(NTH, (NTH == 512 || NT <= 4) ? 2 : 1) mimo_fwd
   const int N = d.N, P = d.P, R = d.R, M = d.M, Mp = d.Mp, Lc = d.Lc, lR = kp.lR;
   const int ldq = N + 8, ldv = P + 8, ldm = Mp + 8, ldy = P + 4;
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
-  const FwdLayout Lo = fwd_layout(N, P, R, Mp, Lc);
+  const FwdOffsets& Lo = kp.fo;  // v10: fwd_layout()'s offsets from the constant bank, not live registers
   float* psi = reinterpret_cast<float*>(smem + Lo.psi);
   float* phi = reinterpret_cast<float*>(smem + Lo.phi);
   float* zeta = reinterpret_cast<float*>(smem + Lo.zeta);
@@ -68,9 +70,48 @@ __global__ void __launch_bounds__(NTH, (NTH == 512 || NT <= 4) ? 2 : 1) mimo_fwd
   for (int k = 0; k < NT; ++k) zero_acc(S[k]);
   const int ptiles = P / 16, ntS = (N / 16) * ptiles;
   const int lP = __ffs(P) - 1, lpt = __ffs(ptiles) - 1, lmt = __ffs(Mp / 16) - 1;
-  float dphi_acc[RMAX][2], dzeta_acc[RMAX][2];
+  // v10: the 512-thread backward instance keeps no per-thread dΦ/dΖ partials over the sweep (16 registers that made
+  // it spill 192 B at the 64-register cap): phase C writes each chunk's per-(s,r,p) contributions to shared memory
+  // (dΦ in place over its own Ys entries, dΖ as [M][P] fp32 over the V/Vd/Pm region, both free until the next
+  // chunk's first barrier) and at the top of the next chunk the top 2·R·P/4 threads sum them over s into one float4
+  // each (fold_dpz). Deterministic: fixed summation order.
+  constexpr bool kFold = BWD && NTH == 512;
+  static_assert(!kFold || RMAX <= 4, "mimo_fwd_kernel: the folded dPhi/dZeta path needs 2*R*128/4 <= 512");
+  constexpr int kAcc = kFold ? 1 : RMAX;
+  float dphi_acc[kAcc][2], dzeta_acc[kAcc][2];
 #pragma unroll
-  for (int r = 0; r < RMAX; ++r) dphi_acc[r][0] = dphi_acc[r][1] = dzeta_acc[r][0] = dzeta_acc[r][1] = 0.f;
+  for (int r = 0; r < kAcc; ++r) dphi_acc[r][0] = dphi_acc[r][1] = dzeta_acc[r][0] = dzeta_acc[r][1] = 0.f;
+  // kFold: the chunk's dΖ contributions dzc [M][P] fp32 over V..Pm (4·M·P ≤ 4·Mp·(P+8) bytes); the running sums
+  // (2·R·P floats) in the `sc` region after the scalar slots (fwd_layout reserves max(2·kThreads, 2·R·P) floats
+  // there), not in registers: a float4 accumulator kept in registers spilled again (36 B, ptxas). Quads
+  // (which, r, p..p+3) are summed by the top nq = 2·R·P/4 threads (warp 0 computes the chunk scalars meanwhile).
+  float* dzc = reinterpret_cast<float*>(smem + Lo.v);
+  auto fold_dpz = [&](bool last) {  // acc += Σ_s of the last chunk's contributions (after a barrier)
+    const int nq = (2 * P * R) >> 2, q = tid - (NTH - nq);
+    if (q >= 0) {
+      const int qq = q & ((nq >> 1) - 1), which = q >= (nq >> 1);
+      const int r = qq >> (lP - 2), p = (qq << 2) & (P - 1);
+      const float* src = which ? dzc + r * P + p : Ys + r * ldy + p;
+      const int st = which ? (R << lP) : R * ldy;
+      float4 a = make_float4(0.f, 0.f, 0.f, 0.f);
+      for (int s = 0; s < Lc; ++s) {
+        const float4 v4 = *reinterpret_cast<const float4*>(src + s * st);
+        a.x += v4.x, a.y += v4.y, a.z += v4.z, a.w += v4.w;
+      }
+      float4* acc = reinterpret_cast<float4*>(sc + 16 * kMaxLc) + q;
+      const float4 o = *acc;
+      a = make_float4(o.x + a.x, o.y + a.y, o.z + a.z, o.w + a.w);
+      if (!last) {
+        *acc = a;
+      } else {
+        float* dst = (which ? kp.p_dzeta : kp.p_dphi) + ((static_cast<size_t>(b) * d.H + h) * R + r) * P + p;
+        dst[0] = a.x, dst[1] = a.y, dst[2] = a.z, dst[3] = a.w;
+      }
+    }
+  };
+  if constexpr (kFold) {
+    for (int i = tid; i < 2 * R * P; i += NTH) sc[16 * kMaxLc + i] = 0.f;
+  }
   const size_t bh = static_cast<size_t>(b) * d.H + h;
   if (!BWD && warp == 0) stage_scalars_issue(kp, b, h, 0, sc);  // chunk 0's raw scalars (v8, mimo_fwd only)
   __syncthreads();
@@ -92,6 +133,9 @@ __global__ void __launch_bounds__(NTH, (NTH == 512 || NT <= 4) ? 2 : 1) mimo_fwd
     };
     // v6: 4 columns per q̄/k̄ item when that still gives every thread an item (N=128, Lc=16: 256 items), else 2
     // (N=64: 256 items of 2 columns instead of 128 of 4, which left half the CTA idle in this phase: +2 % measured).
+    if constexpr (kFold) {
+      if (c > 0) fold_dpz(false);
+    }
     if constexpr (BWD) {
       // mimo_bwd_fwd keeps v7's order (global-load chunk_scalars before the q̄/k̄ loads): with the staging its
       // 512-thread instance spilled 324 B instead of 192 B and ran 15 % slower (v8 run, docs/perf/mimo.md).
@@ -114,6 +158,12 @@ __global__ void __launch_bounds__(NTH, (NTH == 512 || NT <= 4) ? 2 : 1) mimo_fwd
     __syncthreads();
     // V, Vd (and the PsiV cache in the forward); states for the backward.
     {
+      if constexpr (kFold) {  // the dΖ contributions (dzc) overwrote V/Vd's zero pad rows (only when M < Mp)
+        if (c > 0 && M < Mp) {
+          zero_pad_rows<NTH>(V, ldv, M, Mp);
+          zero_pad_rows<NTH>(Vd, ldv, M, Mp);
+        }
+      }
       const int items = Lc * P / 2;
       const bool from_cache = BWD && kp.in.psiv_cache != nullptr;
 #pragma unroll((BWD || NTH == 512) ? 1 : 2)
@@ -244,7 +294,8 @@ __global__ void __launch_bounds__(NTH, (NTH == 512 || NT <= 4) ? 2 : 1) mimo_fwd
 #pragma unroll
         for (int r = 0; r < RMAX; ++r) {
           if (r < R) {
-            const float2 y = *reinterpret_cast<const float2*>(Ys + (s * R + r) * ldy + p);
+            float* yp = Ys + (s * R + r) * ldy + p;
+            const float2 y = *reinterpret_cast<const float2*>(yp);
             const float zt0 = zeta[r * P + p], zt1 = zeta[r * P + p + 1];
             const float ph0 = phi[r * P + p], ph1 = phi[r * P + p + 1];
             const float u0 = zz.x * zt0, u1 = zz.y * zt1;
@@ -254,13 +305,18 @@ __global__ void __launch_bounds__(NTH, (NTH == 512 || NT <= 4) ? 2 : 1) mimo_fwd
               o0 += ph0 * si0 * y.x;
               o1 += ph1 * si1 * y.y;
             } else {
-              dphi_acc[r][0] += go.x * si0 * y.x;
-              dphi_acc[r][1] += go.y * si1 * y.y;
               const float c0 = go.x * ph0 * y.x * sg0 * (1.f + u0 * (1.f - sg0));
               const float c1 = go.y * ph1 * y.y * sg1 * (1.f + u1 * (1.f - sg1));
               dz0 += c0 * zt0, dz1 += c1 * zt1;
-              dzeta_acc[r][0] += c0 * zz.x;
-              dzeta_acc[r][1] += c1 * zz.y;
+              if constexpr (kFold) {  // this thread alone reads and writes these Ys entries in this phase
+                *reinterpret_cast<float2*>(yp) = make_float2(go.x * si0 * y.x, go.y * si1 * y.y);
+                *reinterpret_cast<float2*>(dzc + (s * R + r) * P + p) = make_float2(c0 * zz.x, c1 * zz.y);
+              } else {
+                dphi_acc[r][0] += go.x * si0 * y.x;
+                dphi_acc[r][1] += go.y * si1 * y.y;
+                dzeta_acc[r][0] += c0 * zz.x;
+                dzeta_acc[r][1] += c1 * zz.y;
+              }
             }
           }
         }
@@ -291,6 +347,8 @@ __global__ void __launch_bounds__(NTH, (NTH == 512 || NT <= 4) ? 2 : 1) mimo_fwd
         }
       }
     }
+  } else if constexpr (kFold) {
+    fold_dpz(true);  // the last chunk's contributions (the loop ended with a barrier), then the partials out
   } else {
     // Deterministic reduction of the dΦ/dΖ partials: thread tid owns columns p = 2·(tid mod P/2) + {0,1}.
     const int hp = P / 2, groups = NTH / hp;

@@ -127,6 +127,7 @@ dev::KParams make_params(const MimoDims& d, const MimoBwdArgs* a, const MimoFwdA
   kp.d = d;
   kp.lR = ilog2(d.R);
   kp.lN4 = ilog2(d.N / 4);
+  kp.fo = dev::fwd_offsets(dev::fwd_layout(d.N, d.P, d.R, d.Mp, d.Lc));
   kp.in = in;
   if (a) {
     const WsParts w = ws_parts(d);
