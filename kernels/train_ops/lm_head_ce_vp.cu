@@ -14,59 +14,27 @@
 //   are never read.
 // FLOPs per rank: fwd 2·M·Vl·C, bwd 6·M·Vl·C. Resources: row kernels 256 threads (a warp per row), no
 // smem; elementwise 256 threads; sum kernel 1024 threads, 8 KB smem. No atomics.
+// The kernel bodies, workspace layout, checks and chunk GEMMs are shared with lm_head_ce.cu:
+// lm_head_ce_device.cuh.
 #include <cmath>
 
-#include "kernels/train_ops/linear.hpp"
+#include "kernels/train_ops/lm_head_ce_device.cuh"
 #include "kernels/train_ops/lm_head_ce_vp.hpp"
-#include "kernels/train_ops/train_ops_device.cuh"
 
 namespace megacpp::train_ops {
 namespace {
 
-constexpr int kRowThreads = 256, kRowsPerBlock = 8, kEwThreads = 256, kSumThreads = 1024;
+constexpr int kRowThreads = detail::kCeRowThreads, kRowsPerBlock = detail::kCeRowsPerBlock;
+constexpr int kEwThreads = detail::kCeEwThreads, kSumThreads = detail::kCeSumThreads;
 
-__global__ void vp_init_kernel(float* mrun, float* srun, float* tgt, int64_t M) {
-  const int64_t i = int64_t(blockIdx.x) * kEwThreads + threadIdx.x;
-  if (i >= M) return;
-  mrun[i] = -INFINITY;
-  srun[i] = 0.f;
-  tgt[i] = 0.f;
-}
+__global__ void vp_init_kernel(float* mrun, float* srun, float* tgt, int64_t M) { detail::ce_init_rows(mrun, srun, tgt, M); }
 
 // lo = the global vocabulary id of the chunk's first column.
 __global__ void __launch_bounds__(kRowThreads) vp_stats_kernel(const float* __restrict__ logits,
                                                                const int32_t* __restrict__ targets, float* __restrict__ mrun,
                                                                float* __restrict__ srun, float* __restrict__ tgt, int64_t M,
                                                                int vc, int ldz, int64_t lo) {
-  const int64_t row = int64_t(blockIdx.x) * kRowsPerBlock + threadIdx.x / 32;
-  const int lane = threadIdx.x % 32;
-  if (row >= M) return;
-  const float* z = logits + row * ldz;
-  float mx = -INFINITY, s = 0.f;
-  for (int j = lane; j < vc; j += 32) {
-    const float v = z[j];
-    if (v > mx) {
-      s = s * expf(mx - v) + 1.0f;
-      mx = v;
-    } else {
-      s += expf(v - mx);
-    }
-  }
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) {
-    const float m2 = __shfl_xor_sync(0xffffffffu, mx, o), s2 = __shfl_xor_sync(0xffffffffu, s, o);
-    const float mn = fmaxf(mx, m2);
-    s = (mx == -INFINITY ? 0.f : s * expf(mx - mn)) + (m2 == -INFINITY ? 0.f : s2 * expf(m2 - mn));
-    mx = mn;
-  }
-  if (lane == 0) {
-    const float m0 = mrun[row], s0 = srun[row];
-    const float mn = fmaxf(m0, mx);
-    srun[row] = (m0 == -INFINITY ? 0.f : s0 * expf(m0 - mn)) + (mx == -INFINITY ? 0.f : s * expf(mx - mn));
-    mrun[row] = mn;
-    const int32_t t = targets[row];
-    if (t >= lo && t < lo + vc) tgt[row] = z[t - lo];
-  }
+  detail::ce_chunk_stats_rows(logits, targets, mrun, srun, tgt, M, vc, ldz, lo);
 }
 
 __global__ void vp_partial_finish_kernel(const float* mrun, const float* srun, const float* tgt, float* stats, int64_t M) {
@@ -93,77 +61,33 @@ __global__ void vp_combine_kernel(const float* __restrict__ gathered, int P, con
 }
 
 __global__ void __launch_bounds__(kSumThreads) vp_sum_kernel(const double* __restrict__ rows, int64_t M, double* out) {
-  __shared__ double sh[kSumThreads];
-  double s = 0.0;
-  for (int64_t i = threadIdx.x; i < M; i += kSumThreads) s += rows[i];
-  sh[threadIdx.x] = s;
-  __syncthreads();
-  for (int w = kSumThreads / 2; w > 0; w >>= 1) {
-    if (int(threadIdx.x) < w) sh[threadIdx.x] += sh[threadIdx.x + w];
-    __syncthreads();
-  }
-  if (threadIdx.x == 0) *out = sh[0];
+  detail::ce_sum_rows_fixed_order(rows, M, out);
 }
 
 __global__ void __launch_bounds__(kEwThreads) vp_grad_kernel(const float* __restrict__ logits, const float* __restrict__ lse,
                                                              const int32_t* __restrict__ targets, bf16* __restrict__ G,
                                                              int64_t M, int vc, int ldz, int64_t lo, float scale) {
-  const int64_t i = int64_t(blockIdx.x) * kEwThreads + threadIdx.x;
-  if (i >= M * vc) return;
-  const int64_t row = i / vc;
-  const int j = int(i % vc);
-  const int32_t t = targets[row];
-  float g = 0.f;
-  if (t >= 0) g = scale * (expf(logits[row * ldz + j] - lse[row]) - (lo + j == t ? 1.0f : 0.0f));
-  G[row * ldz + j] = __float2bfloat16_rn(g);
+  detail::ce_grad_elem<false>(logits, lse, targets, G, M, vc, ldz, lo, scale);
 }
 
 __global__ void vp_cast_kernel(const float* __restrict__ src, bf16* __restrict__ dst, int64_t n) {
-  const int64_t i = int64_t(blockIdx.x) * kEwThreads + threadIdx.x;
-  if (i < n) dst[i] = __float2bfloat16_rn(src[i]);
+  detail::ce_cast_elem(src, dst, n);
 }
 
-std::size_t ru(std::size_t b) { return (b + 255) / 256 * 256; }
 int64_t ld_of(int64_t chunk, int64_t Vl) { return ((chunk < Vl ? chunk : Vl) + 7) / 8 * 8; }
-struct Ws {
-  float* logits;
-  bf16* G;
-  float *mrun, *srun, *tgt;
-  double* loss_rows;
-};
-Ws carve(void* w, int64_t M, int64_t ldz) {
-  char* p = static_cast<char*>(w);
-  Ws s;
-  s.logits = reinterpret_cast<float*>(p);
-  p += ru(std::size_t(M) * ldz * 4);
-  s.G = reinterpret_cast<bf16*>(p);
-  p += ru(std::size_t(M) * ldz * 2);
-  s.mrun = reinterpret_cast<float*>(p);
-  p += ru(std::size_t(M) * 4);
-  s.srun = reinterpret_cast<float*>(p);
-  p += ru(std::size_t(M) * 4);
-  s.tgt = reinterpret_cast<float*>(p);
-  p += ru(std::size_t(M) * 4);
-  s.loss_rows = reinterpret_cast<double*>(p);
-  return s;
-}
 
 void check(const char* op, int64_t M, int64_t C, int64_t Vl, int64_t v_off, int64_t chunk, std::size_t ws_bytes) {
-  detail::require(M > 0, std::string(op) + ": M must be > 0");
-  detail::require(C > 0 && C % 8 == 0, std::string(op) + ": C=" + std::to_string(C) + " not supported (C % 8 == 0)");
+  detail::ce_require_rows_channels(op, M, C);
   detail::require(Vl > 0, std::string(op) + ": this rank's vocabulary slice must be non-empty");
   detail::require(v_off >= 0 && v_off + Vl < (int64_t(1) << 31), std::string(op) + ": v_off out of range");
-  detail::require(chunk > 0 && chunk % 8 == 0 && chunk <= (int64_t(1) << 30),
-                  std::string(op) + ": chunk=" + std::to_string(chunk) + " not supported (multiple of 8)");
-  detail::require(ws_bytes >= lm_head_ce_vp_workspace_bytes(M, C, Vl, chunk),
-                  std::string(op) + ": workspace too small (need lm_head_ce_vp_workspace_bytes)");
+  detail::ce_require_chunk_workspace(op, chunk, ws_bytes, lm_head_ce_vp_workspace_bytes(M, C, Vl, chunk),
+                                     "lm_head_ce_vp_workspace_bytes");
 }
 
 }  // namespace
 
 std::size_t lm_head_ce_vp_workspace_bytes(int64_t M, int64_t /*C*/, int64_t Vl, int64_t chunk) {
-  const int64_t ldz = ld_of(chunk, Vl);
-  return ru(std::size_t(M) * ldz * 4) + ru(std::size_t(M) * ldz * 2) + 3 * ru(std::size_t(M) * 4) + ru(std::size_t(M) * 8);
+  return detail::ce_workspace_bytes(M, ld_of(chunk, Vl), 0);  // no dx_f32: the caller owns it
 }
 
 void lm_head_ce_vp_partial(const bf16* x, const bf16* W, const int32_t* targets, int64_t M, int64_t C, int64_t Vl,
@@ -172,13 +96,12 @@ void lm_head_ce_vp_partial(const bf16* x, const bf16* W, const int32_t* targets,
   check("lm_head_ce_vp_partial", M, C, Vl, v_off, chunk, workspace_bytes);
   const int64_t ldz = ld_of(chunk, Vl);
   chunk = chunk < Vl ? chunk : Vl;
-  const Ws w = carve(workspace, M, ldz);
+  const detail::CeWorkspace w = detail::ce_carve(workspace, M, ldz, 0);
   vp_init_kernel<<<detail::grid_1d(M, kEwThreads), kEwThreads, 0, stream>>>(w.mrun, w.srun, w.tgt, M);
   MEGACPP_CUDA_CHECK_LAUNCH();
   for (int64_t c0 = 0; c0 < Vl; c0 += chunk) {
     const int64_t vc = chunk < Vl - c0 ? chunk : Vl - c0;
-    const GemmDesc g{false, true, M, vc, C, C, C, ldz, GemmOut::f32};
-    gemm_rm(g, x, W + c0 * C, w.logits, 1.0f, 0.0f, stream);
+    detail::ce_chunk_logits(x, W, M, C, c0, vc, ldz, w.logits, stream);
     vp_stats_kernel<<<detail::grid_1d(M, kRowsPerBlock), kRowThreads, 0, stream>>>(w.logits, targets, w.mrun, w.srun, w.tgt,
                                                                                     M, int(vc), int(ldz), v_off + c0);
     MEGACPP_CUDA_CHECK_LAUNCH();
@@ -190,7 +113,7 @@ void lm_head_ce_vp_partial(const bf16* x, const bf16* W, const int32_t* targets,
 void lm_head_ce_vp_combine(const float* gathered, int P, const int32_t* targets, int64_t M, float* lse, double* loss_sum,
                            void* workspace, std::size_t workspace_bytes, cudaStream_t stream) {
   detail::require(M > 0 && P >= 1, "lm_head_ce_vp_combine: need M > 0 and P >= 1");
-  detail::require(workspace_bytes >= ru(std::size_t(M) * 8),
+  detail::require(workspace_bytes >= detail::ce_round256(std::size_t(M) * 8),
                   "lm_head_ce_vp_combine: workspace too small (need lm_head_ce_vp_workspace_bytes)");
   double* rows = static_cast<double*>(workspace);  // per-row losses (fp64 [M]) at the workspace's start
   vp_combine_kernel<<<detail::grid_1d(M, kEwThreads), kEwThreads, 0, stream>>>(gathered, P, targets, lse, rows, M);
@@ -205,18 +128,14 @@ void lm_head_ce_vp_bwd(const bf16* x, const bf16* W, const int32_t* targets, con
   check("lm_head_ce_vp_bwd", M, C, Vl, v_off, chunk, workspace_bytes);
   const int64_t ldz = ld_of(chunk, Vl);
   chunk = chunk < Vl ? chunk : Vl;
-  const Ws w = carve(workspace, M, ldz);
+  const detail::CeWorkspace w = detail::ce_carve(workspace, M, ldz, 0);
   for (int64_t c0 = 0; c0 < Vl; c0 += chunk) {
     const int64_t vc = chunk < Vl - c0 ? chunk : Vl - c0;
-    const GemmDesc gl{false, true, M, vc, C, C, C, ldz, GemmOut::f32};
-    gemm_rm(gl, x, W + c0 * C, w.logits, 1.0f, 0.0f, stream);
+    detail::ce_chunk_logits(x, W, M, C, c0, vc, ldz, w.logits, stream);
     vp_grad_kernel<<<detail::grid_1d(M * vc, kEwThreads), kEwThreads, 0, stream>>>(w.logits, lse, targets, w.G, M, int(vc),
                                                                                     int(ldz), v_off + c0, scale);
     MEGACPP_CUDA_CHECK_LAUNCH();
-    const GemmDesc gx{false, false, M, C, vc, ldz, C, C, GemmOut::f32};
-    gemm_rm(gx, w.G, W + c0 * C, dx_f32, 1.0f, c0 == 0 ? 0.0f : 1.0f, stream);
-    const GemmDesc gw{true, false, vc, C, M, ldz, C, C, GemmOut::f32};
-    gemm_rm(gw, w.G, x, dW + c0 * C, 1.0f, 1.0f, stream);
+    detail::ce_chunk_grad_gemms(w.G, W, x, M, C, c0, vc, ldz, dx_f32, dW, stream);
   }
 }
 

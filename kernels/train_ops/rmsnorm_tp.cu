@@ -3,33 +3,25 @@
 // Resources: row kernels 256 threads = 8 warps, one warp per row, 16-byte loads, no smem; dw partial
 // 128 threads (one 8-column vector over 64 rows each), dw reduce 256 threads (one column each).
 // Saved for backward: rstd [M] (the caller keeps x).
+// The row passes, dw bodies and shape checks are shared with rmsnorm.cu: rmsnorm_device.cuh (same
+// expressions in the same order, so C == C_full without a reduction is bitwise the plain RMSNorm).
 #include "kernels/train_ops/rmsnorm.hpp"
+#include "kernels/train_ops/rmsnorm_device.cuh"
 #include "kernels/train_ops/rmsnorm_tp.hpp"
-#include "kernels/train_ops/train_ops_device.cuh"
 
 namespace megacpp::train_ops {
 namespace {
 
-using detail::load8;
-using detail::store8;
-using detail::warp_sum;
+constexpr int kRowThreads = detail::kRmsRowThreads, kRowsPerBlock = detail::kRmsRowsPerBlock;
+constexpr int kDwThreads = detail::kRmsDwThreads, kRedThreads = detail::kRmsRedThreads;
 
-constexpr int kRowThreads = 256, kRowsPerBlock = kRowThreads / 32;
-constexpr int kDwRows = 64, kDwThreads = 128, kRedThreads = 256;
-
+// ss[row] = Σ_c x² over this rank's channels.
 __global__ void __launch_bounds__(kRowThreads) tp_sumsq_kernel(const bf16* __restrict__ x, float* __restrict__ ss,
                                                                int64_t M, int C) {
-  const int64_t row = int64_t(blockIdx.x) * kRowsPerBlock + threadIdx.x / 32;
+  const int64_t row = detail::rms_warp_row();
   const int lane = threadIdx.x % 32;
   if (row >= M) return;
-  float s = 0.f;
-  for (int j = lane; j < C / 8; j += 32) {
-    float a[8];
-    load8(x + row * C + j * 8, a);
-#pragma unroll
-    for (int i = 0; i < 8; ++i) s += a[i] * a[i];
-  }
-  s = warp_sum(s);
+  const float s = detail::rms_row_sumsq<false>(x, nullptr, nullptr, row, C, lane);
   if (lane == 0) ss[row] = s;
 }
 
@@ -37,37 +29,22 @@ __global__ void __launch_bounds__(kRowThreads) tp_apply_kernel(const bf16* __res
                                                                const float* __restrict__ ss, bf16* __restrict__ y,
                                                                float* __restrict__ rstd, int64_t M, int C, float cf,
                                                                float eps) {
-  const int64_t row = int64_t(blockIdx.x) * kRowsPerBlock + threadIdx.x / 32;
+  const int64_t row = detail::rms_warp_row();
   const int lane = threadIdx.x % 32;
   if (row >= M) return;
-  const float r = 1.0f / sqrtf(ss[row] / cf + eps);  // the plain kernel's expression (C = C_full: bitwise equal)
+  const float r = detail::rms_rstd(ss[row], cf, eps);  // the plain kernel's expression (C = C_full: bitwise equal)
   if (lane == 0) rstd[row] = r;
-  for (int j = lane; j < C / 8; j += 32) {
-    float a[8], ww[8];
-    load8(x + row * C + j * 8, a);
-    load8(w + j * 8, ww);
-#pragma unroll
-    for (int i = 0; i < 8; ++i) a[i] = a[i] * r * ww[i];
-    store8(y + row * C + j * 8, a);
-  }
+  detail::rms_row_scale(x + row * C, w, y, row, C, lane, r);
 }
 
+// dot[row] = Σ_c dy·w·x over this rank's channels.
 __global__ void __launch_bounds__(kRowThreads) tp_dot_kernel(const bf16* __restrict__ x, const bf16* __restrict__ w,
                                                              const bf16* __restrict__ dy, float* __restrict__ dot,
                                                              int64_t M, int C) {
-  const int64_t row = int64_t(blockIdx.x) * kRowsPerBlock + threadIdx.x / 32;
+  const int64_t row = detail::rms_warp_row();
   const int lane = threadIdx.x % 32;
   if (row >= M) return;
-  float d = 0.f;
-  for (int j = lane; j < C / 8; j += 32) {
-    float a[8], g[8], ww[8];
-    load8(x + row * C + j * 8, a);
-    load8(dy + row * C + j * 8, g);
-    load8(w + j * 8, ww);
-#pragma unroll
-    for (int i = 0; i < 8; ++i) d += g[i] * ww[i] * a[i];
-  }
-  d = warp_sum(d);
+  const float d = detail::rms_row_dot(x, w, dy, row, C, lane);
   if (lane == 0) dot[row] = d;
 }
 
@@ -76,57 +53,27 @@ __global__ void __launch_bounds__(kRowThreads) tp_dx_kernel(const bf16* __restri
                                                             const float* __restrict__ rstd, const bf16* __restrict__ dy,
                                                             const float* __restrict__ dot, bf16* __restrict__ dx,
                                                             int64_t M, int C, float cf) {
-  const int64_t row = int64_t(blockIdx.x) * kRowsPerBlock + threadIdx.x / 32;
+  const int64_t row = detail::rms_warp_row();
   const int lane = threadIdx.x % 32;
   if (row >= M) return;
   const float r = rstd[row];
-  const float dm = dot[row] * r / cf;
-  for (int j = lane; j < C / 8; j += 32) {
-    float a[8], g[8], ww[8], o[8];
-    load8(x + row * C + j * 8, a);
-    load8(dy + row * C + j * 8, g);
-    load8(w + j * 8, ww);
-#pragma unroll
-    for (int i = 0; i < 8; ++i) o[i] = r * (g[i] * ww[i] - a[i] * r * dm);
-    store8(dx + row * C + j * 8, o);
-  }
+  detail::rms_row_dx<false>(x, w, dy, nullptr, dx, row, C, lane, r, dot[row] * r / cf);
 }
 
 // partial[p, c] = Σ_{m in rows [64p, 64p+64)} dy·x·rstd  (fixed row order)
 __global__ void __launch_bounds__(kDwThreads) tp_dw_partial_kernel(const bf16* __restrict__ x, const float* __restrict__ rstd,
                                                                    const bf16* __restrict__ dy, float* __restrict__ partial,
                                                                    int64_t M, int C) {
-  const int cv = blockIdx.x * kDwThreads + threadIdx.x;
-  if (cv >= C / 8) return;
-  const int64_t m0 = int64_t(blockIdx.y) * kDwRows;
-  const int64_t m1 = m0 + kDwRows < M ? m0 + kDwRows : M;
-  float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-  for (int64_t m = m0; m < m1; ++m) {
-    float a[8], g[8];
-    load8(x + m * C + cv * 8, a);
-    load8(dy + m * C + cv * 8, g);
-    const float r = rstd[m];
-#pragma unroll
-    for (int i = 0; i < 8; ++i) acc[i] += g[i] * (a[i] * r);
-  }
-  float* out = partial + int64_t(blockIdx.y) * C + cv * 8;
-#pragma unroll
-  for (int i = 0; i < 8; ++i) out[i] = acc[i];
+  detail::rms_dw_partial<false>(x, rstd, dy, partial, M, C);  // workspace alignment not required: scalar stores
 }
 
 __global__ void __launch_bounds__(kRedThreads) tp_dw_reduce_kernel(const float* __restrict__ partial, float* __restrict__ dw,
                                                                    int P, int C) {
-  const int c = blockIdx.x * kRedThreads + threadIdx.x;
-  if (c >= C) return;
-  float s = 0.f;
-  for (int p = 0; p < P; ++p) s += partial[int64_t(p) * C + c];
-  dw[c] += s;
+  detail::rms_dw_reduce(partial, dw, P, C);
 }
 
 void check(const char* op, int64_t M, int64_t C, int64_t C_full) {
-  detail::require(M > 0, std::string(op) + ": M must be > 0");
-  detail::require(C > 0 && C % 8 == 0 && C <= 65536,
-                  std::string(op) + ": C=" + std::to_string(C) + " not supported (C % 8 == 0, 8 ≤ C ≤ 65536)");
+  detail::rms_check_shape(op, M, C);
   detail::require(C_full >= C, std::string(op) + ": C_full=" + std::to_string(C_full) + " < C=" + std::to_string(C));
 }
 
@@ -166,9 +113,7 @@ void rmsnorm_tp_bwd(const bf16* x, const bf16* w, const float* rstd, const bf16*
                                                                               float(C_full));
   MEGACPP_CUDA_CHECK_LAUNCH();
   if (!dw) return;
-  detail::require(workspace != nullptr, "rmsnorm_tp_bwd: dw requested but workspace is null");
-  const int P = int((M + kDwRows - 1) / kDwRows);
-  detail::require(P <= 65535, "rmsnorm_tp_bwd: M too large (M ≤ 65535·64)");
+  const int P = detail::rms_dw_blocks("rmsnorm_tp_bwd", M, workspace);
   tp_dw_partial_kernel<<<dim3(detail::grid_1d(C / 8, kDwThreads), P), kDwThreads, 0, stream>>>(x, rstd, dy, workspace, M,
                                                                                                int(C));
   MEGACPP_CUDA_CHECK_LAUNCH();
