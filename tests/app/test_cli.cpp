@@ -84,5 +84,22 @@ TEST(Cli, BenchUnknownKernelIsAClearError) {
   EXPECT_EQ(receipts_in(dir).size(), 1u);
 }
 
+
+TEST(Cli, NprocProcessesNeedOneGpuPerWorker) {
+  // --launch processes starts one worker per GPU: with fewer GPUs than workers (none on CI, one on the
+  // device) it is refused before anything starts, with the reason in the receipt.
+  const auto dir = test::scratch_dir("cli-nproc");
+  const CliRun r = run("train " + test::source_path("recipes/smoke.yaml") +
+                       " --set train.steps=1 --nproc-per-node 64 --launch processes --receipts-dir " + dir);
+  EXPECT_EQ(r.code, 2) << r.out;
+  EXPECT_NE(r.out.find("one process per GPU needs 64 GPUs"), std::string::npos) << r.out;
+  const auto rs = receipts_in(dir);
+  ASSERT_EQ(rs.size(), 1u);
+  EXPECT_EQ(rs[0]["status"], "failed");
+  EXPECT_EQ(rs[0]["launch"]["requested"], "processes");
+  EXPECT_EQ(rs[0]["launch"]["nproc_per_node"], 64);
+  EXPECT_EQ(run("train " + test::source_path("recipes/smoke.yaml") + " --nproc-per-node 2 --launch fork").code, 2);
+}
+
 }  // namespace
 }  // namespace megacpp
