@@ -101,6 +101,11 @@ LocalLaunch launch_local_workers(int nproc, const std::vector<std::string>& argv
   }
   // Supervise: reap workers; on the first failure give the others grace_s, then SIGTERM, then SIGKILL.
   int alive = nproc;
+  std::vector<bool> reaped(static_cast<std::size_t>(nproc), false);  // never signal a reaped (maybe reused) pid
+  auto signal_live = [&](int sig) {
+    for (const auto& w : out.workers)
+      if (!reaped[static_cast<std::size_t>(w.rank)]) ::kill(w.pid, sig);
+  };
   bool stopping = false;
   auto fail_time = std::chrono::steady_clock::time_point{};
   int stage = 0;  // 0 running, 1 SIGTERM sent, 2 SIGKILL sent
@@ -111,6 +116,7 @@ LocalLaunch launch_local_workers(int nproc, const std::vector<std::string>& argv
       for (auto& w : out.workers)
         if (w.pid == pid) {
           --alive;
+          reaped[static_cast<std::size_t>(w.rank)] = true;
           w.signaled = WIFSIGNALED(status);
           w.exit_code = w.signaled ? 128 + WTERMSIG(status) : WEXITSTATUS(status);
           w.terminated_by_launcher = stopping && stage > 0;
@@ -124,16 +130,16 @@ LocalLaunch launch_local_workers(int nproc, const std::vector<std::string>& argv
     }
     if (g_forward_signal && !stopping) {  // the user stopped the launch: pass it on
       out.forwarded_signal = g_forward_signal;
-      for (const auto& w : out.workers) ::kill(w.pid, g_forward_signal);
+      signal_live(g_forward_signal);
       stopping = true, stage = 1, fail_time = std::chrono::steady_clock::now();
     }
     if (stopping) {
       const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - fail_time).count();
       if (stage == 0 && dt > grace_s) {
-        for (const auto& w : out.workers) ::kill(w.pid, SIGTERM);
+        signal_live(SIGTERM);
         stage = 1;
       } else if (stage == 1 && dt > 2 * grace_s) {
-        for (const auto& w : out.workers) ::kill(w.pid, SIGKILL);
+        signal_live(SIGKILL);
         stage = 2;
       }
     }
