@@ -14,13 +14,6 @@ int DeviceParams::index(const std::string& name) const {
   return i;
 }
 
-void refuse_model_parallel(const BlockBuild& b, const char* block) {
-  if (b.mp && b.mp->active())
-    throw std::runtime_error(std::string("block ") + block + " on the CUDA backend does not support tp=" +
-                             std::to_string(b.mp->tp_size) + ", ep=" + std::to_string(b.mp->ep_size) +
-                             " yet (run this layout on train.device=cpu)");
-}
-
 std::unique_ptr<DeviceBlock> make_device_block(BlockKind kind, const BlockBuild& b) {
   switch (kind) {
     case BlockKind::Dense: return make_dense_mlp_cuda(b);

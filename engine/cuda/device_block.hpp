@@ -63,10 +63,6 @@ struct BlockBuild {
   DeviceCollectives* ep = nullptr;
 };
 
-// Blocks that do not implement a parallel layout yet call this in their constructor: it throws
-// "block X on the CUDA backend does not support tp=…/ep=… yet" when `b.mp` is active.
-void refuse_model_parallel(const BlockBuild& b, const char* block);
-
 class DeviceBlock {
  public:
   virtual ~DeviceBlock() = default;

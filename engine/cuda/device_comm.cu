@@ -107,15 +107,13 @@ void DeviceCollectives::all_to_all_v(const void* send, const std::vector<std::si
                                      const std::vector<std::size_t>& recv_bytes, const std::vector<std::size_t>& recv_off,
                                      cudaStream_t stream) {
   MEGACPP_CUDA_CHECK(cudaStreamSynchronize(stream));
-  if (on_nccl() || size() <= 1) {
-    if (size() <= 1) {
-      if (!send_bytes.empty() && send_bytes[0] > 0)
-        MEGACPP_CUDA_CHECK(cudaMemcpy(static_cast<char*>(recv) + recv_off[0], static_cast<const char*>(send) + send_off[0],
-                                      send_bytes[0], cudaMemcpyDeviceToDevice));
-      return;
-    }
-    return c_->all_to_all_v(send, send_bytes, send_off, recv, recv_bytes, recv_off);
+  if (size() <= 1) {  // one rank: its own block only
+    if (!send_bytes.empty() && send_bytes[0] > 0)
+      MEGACPP_CUDA_CHECK(cudaMemcpy(static_cast<char*>(recv) + recv_off[0], static_cast<const char*>(send) + send_off[0],
+                                    send_bytes[0], cudaMemcpyDeviceToDevice));
+    return;
   }
+  if (on_nccl()) return c_->all_to_all_v(send, send_bytes, send_off, recv, recv_bytes, recv_off);
   // In-process: stage both sides on the host (extent = max offset + size).
   std::size_t s_ext = 0, r_ext = 0;
   for (std::size_t q = 0; q < send_bytes.size(); ++q) s_ext = std::max(s_ext, send_off[q] + send_bytes[q]);
