@@ -6,6 +6,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <string>
 
 #include "kernels/mimo/mimo_launch.hpp"
 
@@ -573,4 +574,13 @@ int bwd_bwd_threads(const MimoDims& d);  // 512 when N·P ≤ 8192, else 256
 void launch_fwd_kernel(const KParams& kp, std::size_t smem, cudaStream_t st);
 void launch_bwd_fwd_kernel(const KParams& kp, std::size_t smem, cudaStream_t st);
 void launch_bwd_bwd_kernel(const KParams& kp, std::size_t smem, cudaStream_t st);
+// The Hopper wgmma chunk loop (mimo_chunk_sm90.cu) for mimo_fwd (bwd=false) and mimo_bwd_fwd (bwd=true):
+// Two warpgroups per (h, b); sm90_refusal() returns why it is not taken ("" = taken); by dims (what mimo_kernel_infos reports) or for a launch
+// (also the pointers' alignment).
+constexpr int kSm90Threads = 256;
+std::string sm90_refusal(const MimoDims& d, bool bwd, bool psiv_read);
+std::string sm90_refusal(const KParams& kp, bool bwd);
+std::size_t sm90_smem(const MimoDims& d, bool bwd);
+const void* sm90_kernel_ptr(const MimoDims& d, bool bwd);
+void launch_sm90(const KParams& kp, bool bwd, cudaStream_t st);
 }  // namespace megacpp::mimo::dev

@@ -80,8 +80,9 @@ struct MimoKernelInfo {
   const void* func;
   int threads;
   std::size_t dynamic_smem;
+  std::string path;  // which implementation ("sm90 wgmma", or "mma.sync" with the reason the wgmma path refused)
 };
-// The kernels launched for these dims (for kernel_resources()).
-std::vector<MimoKernelInfo> mimo_kernel_infos(const MimoDims& d);
+// The kernels launched for these dims (for kernel_resources()); psiv_read: the backward reads the PsiV cache.
+std::vector<MimoKernelInfo> mimo_kernel_infos(const MimoDims& d, bool psiv_read = false);
 
 }  // namespace megacpp::mimo

@@ -231,11 +231,16 @@ void mimo_bwd(const MimoDims& d, const MimoBwdArgs& a, void* ws, cudaStream_t st
   mimo_bwd_post(d, a, ws, stream);
 }
 
-std::vector<MimoKernelInfo> mimo_kernel_infos(const MimoDims& d) {
-  return {{"mimo_fwd", dev::fwd_kernel_ptr(d), dev::fwd_threads(d), fwd_smem(d)},
-          {"mimo_bwd_fwd", dev::bwd_fwd_kernel_ptr(d), dev::bwd_fwd_threads(d), fwd_smem(d)},
-          {"mimo_bwd_bwd", dev::bwd_bwd_kernel_ptr(d), dev::bwd_bwd_threads(d), bwd_smem(d)},
-          {"mimo_bwd_post", reinterpret_cast<const void*>(&dev::mimo_bwd_post_kernel), 256, 0}};
+std::vector<MimoKernelInfo> mimo_kernel_infos(const MimoDims& d, bool psiv_read) {
+  auto fwd_side = [&](const char* name, bool bwd) -> MimoKernelInfo {
+    const std::string why = dev::sm90_refusal(d, bwd, psiv_read);
+    if (why.empty()) return {name, dev::sm90_kernel_ptr(d, bwd), dev::kSm90Threads, dev::sm90_smem(d, bwd), "sm90 wgmma"};
+    return {name, bwd ? dev::bwd_fwd_kernel_ptr(d) : dev::fwd_kernel_ptr(d),
+            bwd ? dev::bwd_fwd_threads(d) : dev::fwd_threads(d), fwd_smem(d), "mma.sync (wgmma path refused: " + why + ")"};
+  };
+  return {fwd_side("mimo_fwd", false), fwd_side("mimo_bwd_fwd", true),
+          {"mimo_bwd_bwd", dev::bwd_bwd_kernel_ptr(d), dev::bwd_bwd_threads(d), bwd_smem(d), "mma.sync"},
+          {"mimo_bwd_post", reinterpret_cast<const void*>(&dev::mimo_bwd_post_kernel), 256, 0, "elementwise"}};
 }
 
 }  // namespace megacpp::mimo

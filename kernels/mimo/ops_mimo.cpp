@@ -135,6 +135,8 @@ GpuRunResult mimo_gpu_run(const MimoShape& s, const MimoInputs& in, const std::v
   r.grads.dd = host_f32(gd), r.grads.dangles = host_f32(gang);
   r.note = "gpu internal chunk Lc=" + std::to_string(d.Lc) + " (M=" + std::to_string(d.M) + ")" +
            (psiv ? ", psiv-cache on" : ", psiv-cache off");
+  for (const auto& k : mimo::mimo_kernel_infos(d, psiv))
+    if (k.name == "mimo_fwd" || k.name == "mimo_bwd_fwd") r.note += ", " + k.name + ": " + k.path;
   return r;
 }
 #else
@@ -377,8 +379,12 @@ BenchResult bench_impl(Which w, const OpShape& shape, const OpOptions& opts) {
     case Which::bwd_bwd: r.flops_executed = f_bb, r.flops_model = 2 * f_min, r.bytes = b_bwd - fwd_reads - 2 * T * H * P; break;
     case Which::all: r.flops_executed = 2 * f_fwd + f_bb, r.flops_model = 4 * f_min, r.bytes = b_fwd + b_bwd; break;
   }
-  for (const auto& k : mimo::mimo_kernel_infos(d))
+  std::string paths;
+  for (const auto& k : mimo::mimo_kernel_infos(d, psiv)) {
     r.kernels.push_back(to_json(kernel_resources(k.name, k.func, k.threads, k.dynamic_smem)));
+    r.kernels.back()["path"] = k.path;
+    paths += ", " + k.name + ": " + k.path;
+  }
   r.extra["internal_chunk_Lc"] = d.Lc;
   r.extra["psiv_cache"] = psiv;
   r.extra["workspace_bytes"] = static_cast<double>(mimo::mimo_bwd_workspace_bytes(d));
@@ -393,7 +399,7 @@ BenchResult bench_impl(Which w, const OpShape& shape, const OpOptions& opts) {
     r.extra["bwd_bwd_ms"] = c.median_ms;
     r.extra["bwd_post_ms"] = e.median_ms;
   }
-  r.note = "mimo internal chunk Lc=" + std::to_string(d.Lc) + (psiv ? ", psiv-cache on" : ", psiv-cache off");
+  r.note = "mimo internal chunk Lc=" + std::to_string(d.Lc) + (psiv ? ", psiv-cache on" : ", psiv-cache off") + paths;
   return r;
 }
 #endif

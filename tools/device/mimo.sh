@@ -10,15 +10,15 @@
 # baseline and candidate runs interleaved (A B A B) at both shapes in this same call; each line is the median of
 # 20 CUDA-event runs after warm-up (OpDef::bench, the same code path as `megacpp bench`).
 # MIMO_BASE_GATE=1 (A/B mode) also builds and runs the baseline tree's test_mimo_gpu.
-# The candidate's mimo_bwd_fwd is also timed forced to its 256-thread instance (MEGACPP_MIMO_BWD_FWD_THREADS=256,
-# lines "N256"), to compare it with the 512-thread instance that the launcher picks (v7).
+# The candidate's mimo_fwd / mimo_bwd_fwd are also timed with the wgmma chunk loop switched off
+# (MEGACPP_MIMO_SM90=0, lines "MMA"): the mma.sync kernels of the same binary (v12).
 # Profiling (v7): MIMO_PROF=1 adds `ncu --set full --import-source yes` on one launch each, at the bar shape, of the
 # kernels named in MIMO_PROF_LIST (default "fwd_new fwd_base bwdbwd"; also "bwdbwd_base"; *_base = the A/B
 # baseline tree), exported as text (details page; source page per SASS instruction, CSV) into the log tarball.
 # MIMO_NO_MEGACPP=1 skips the megacpp build and its benches (mimo_bench runs the same OpDef::bench).
 # Output: the device tool returns at most 8 files, so the logs go to one tarball $OUT/mimo_logs.tgz and the tables
 # to $OUT/summary.txt (also on stdout).
-# Usage: bash tools/device/mimo.sh [all|tests|bench]      Output under $OUT (default /tmp/mimo_out).
+# Usage: bash tools/device/mimo.sh [all|tests|bench|prof]   (prof: build + MIMO_PROF only)      Output under $OUT (default /tmp/mimo_out).
 set -uo pipefail
 MODE=${1:-all}
 FINAL=${OUT:-/tmp/mimo_out}; mkdir -p "$FINAL"
@@ -51,14 +51,17 @@ if [ $AB = 1 ]; then wait $BPID || { echo "BASELINE BUILD FAILED"; tail -30 "$OU
 echo "build ok ($(( $(date +%s) - T0 )) s)"
 grep -E "Compiling entry|registers|spill" "$OUT/build.log" | grep -A2 "mimo" | grep -E "entry|registers|spill" |
   sed 's/ptxas info *: //' | sed 's/Compiling entry function //' | head -24
-for o in mimo_fwd mimo_bwd_fwd mimo_bwd_bwd; do
+for o in mimo_fwd mimo_bwd_fwd mimo_bwd_bwd mimo_chunk_sm90; do
   f=$(find build-dev/kernels/mimo -name "$o.cu.o" | head -1)
   cuobjdump --dump-sass "$f" > "$OUT/$o.sass" 2>/dev/null
   awk '/Function :/{f=$3} /HMMA/{h[f]++} /LDSM/{m[f]++} /LDGSTS/{g[f]++} /BAR/{u[f]++} /LDL|STL/{l[f]++}
        END{for(k in h) printf "%5d HMMA %4d LDSM %3d LDGSTS %4d BAR %3d LDL/STL  %s\n", h[k], m[k], g[k], u[k], l[k], substr(k,1,72)}' "$OUT/$o.sass"
 done
+# v12: where the wgmma chunk loop's local-memory accesses sit: LDL/STL count per BAR-delimited segment (R=4 instances)
+awk '/Function :/{f=$3; seg=0} f ~ /mimo_chunk_sm90_kernelILi128ELb[01]ELi4E/ { if ($0 ~ /BAR/) seg++; if ($0 ~ /LDL|STL/) c[f" seg "seg]++ }
+     END{for(k in c) printf "  LDL/STL %3d  %s\n", c[k], substr(k, index(k,"kernelI"), 60)}' "$OUT/mimo_chunk_sm90.sass" | sort -k3
 export MEGACPP_SOURCE_DIR=$ROOT
-if [ "$MODE" != bench ]; then
+if [ "$MODE" != bench ] && [ "$MODE" != prof ]; then
   timeout 150 build-dev/tests/kernels/mimo/test_mimo_gpu 2>&1 | tee "$OUT/gpu_tests.log" |
     grep -E "GATE|PSIV|OK \]|FAILED|PASSED|Failure" | head -40
 fi
@@ -67,7 +70,7 @@ if [ "$MODE" != bench ] && [ $AB = 1 ] && [ "${MIMO_BASE_GATE:-0}" = 1 ]; then  
   timeout 150 $BASE/build/tests/kernels/mimo/test_mimo_gpu 2>&1 | tee "$OUT/base_gpu_tests.log" |
     grep -E "PSIV|OK \]|FAILED|PASSED|Failure" | head -20
 fi
-if [ "$MODE" != tests ]; then
+if [ "$MODE" != tests ] && [ "$MODE" != prof ]; then
   BAR="2 4096 112 8 128 64 4 16"; TRAIN="2 4096 48 2 64 64 4 16"
   NEW=build-dev/tests/kernels/mimo/mimo_bench
   for rep in 1 2; do
@@ -78,9 +81,9 @@ if [ "$MODE" != tests ]; then
       fi
       timeout 60 $NEW $shape 0 mimo_fwd mimo_bwd_fwd mimo_bwd_bwd 2>&1 |
         grep -E "^BENCH|KERNEL" | sed "s/^BENCH/NEW$rep /" | cut -c1-150 | tee -a "$OUT/ab.log"
-      # v7/v8: the candidate's mimo_bwd_fwd forced to its 256-thread instance (explicit env switch, A/B only)
-      MEGACPP_MIMO_BWD_FWD_THREADS=256 timeout 60 $NEW $shape 0 mimo_bwd_fwd 2>&1 |
-        grep -E "^BENCH" | sed "s/^BENCH/N256$rep/" | cut -c1-150 | tee -a "$OUT/ab.log"
+      # v12: the same binary with the wgmma chunk loop switched off (mma.sync mimo_fwd / mimo_bwd_fwd)
+      MEGACPP_MIMO_SM90=0 timeout 60 $NEW $shape 0 mimo_fwd mimo_bwd_fwd 2>&1 |
+        grep -E "^BENCH" | sed "s/^BENCH/MMA$rep /" | cut -c1-150 | tee -a "$OUT/ab.log"
     done
   done
   [ "${MIMO_NO_MEGACPP:-0}" != 1 ] && [ -x build-dev/megacpp ] && for hgn in "112 8 128" "48 2 64"; do
@@ -108,6 +111,8 @@ if [ "${MIMO_PROF:-0}" = 1 ]; then
   for p in ${MIMO_PROF_LIST:-fwd_new fwd_base bwdbwd}; do
     case $p in
       fwd_new) prof fwd_new $NB mimo_fwd mimo_fwd_kernel ;;
+      sm90_fwd) prof sm90_fwd $NB mimo_fwd mimo_chunk_sm90_kernel ;;
+      sm90_bwdfwd) prof sm90_bwdfwd $NB mimo_bwd_fwd mimo_chunk_sm90_kernel ;;
       fwd_base) [ $AB = 1 ] && prof fwd_base $BASE/build/tests/kernels/mimo/mimo_bench mimo_fwd mimo_fwd_kernel ;;
       bwdbwd) prof bwdbwd $NB mimo_bwd_bwd mimo_bwd_bwd_kernel ;;
       bwdbwd_base) [ $AB = 1 ] && prof bwdbwd_base $BASE/build/tests/kernels/mimo/mimo_bench mimo_bwd_bwd mimo_bwd_bwd_kernel ;;

@@ -1,0 +1,478 @@
+// mimo_chunk_sm90.cuh — the Hopper (sm_90a) chunk loop of mimo_fwd (BWD=false) and mimo_bwd_fwd (BWD=true):
+// two warpgroups (256 threads) per (h, b), the chunk GEMMs on warpgroup MMA (wgmma), the state fp32 in the wgmma
+// accumulator registers, the next chunk's inputs copied with cp.async while this chunk computes.
+//
+// Math (as mimo_fwd_core.cuh, which stays the path for the shapes this one does not take): per chunk c of Lc = 64/R
+// steps, M = 64 rows (row i = s·R + r), a = inclusive decay cumsum, ā = a_last − a, γ, factor:
+//   Q̄, K̄ = Rot_θ(q + bias), Rot_θ(k + bias)      bf16, 128B-swizzled tiles [64][N] (q, k copied in, rotated in place)
+//   V = bf16(x·Ψ), Vd = bf16(V·factor·e^{ā})       bf16 [64][64] tiles (MN-major B operands)
+//   S1 = Q̄·K̄ᵀ                                     wgmma m64n32k16 per warpgroup (its 32 columns), N/16 steps
+//   Pm = S1 ⊙ W  (W[i,j] = factor_j e^{a_i−a_j} for s_i > s_j, γ_{s_i} for s_i = s_j, else 0)   bf16 smem tile
+//   Y = diag(e^{a})·(Q̄·S_c) + Pm·V + D·V          warpgroup 1: wgmma, Q̄·S_c with S_c as bf16 Sb [N][P] (MN-major)
+//   S_{c+1} = e^{a_last}·S_c + K̄ᵀ·Vd               each warpgroup its 64 rows of S (N=64: both the one block):
+//                                                  A = K̄ read MN-major (transpose-A), B = Vd, 4 k16 steps
+//   out[t,p] = Σ_r Φ[r,p]·silu(z[t,p]Ζ[r,p])·Y[(t,r),p]   from Y in smem (fp32); thread = (rank, column pair),
+//        the R ranks of a step in one warp, Σ_r by shuffles in a fixed order
+// BWD: instead of out, dZ[t,p]; per-(b,h) partials of dΦ, dΖ (2 + 2 registers per thread, reduced once after the
+// sweep in a fixed order: deterministic, no atomics); the bf16 chunk-entry states S_c (B,H,nc,N,P) for mimo_bwd_bwd.
+// Rounding follows mimo_fwd_core.cuh (bf16 Q̄/K̄/V/Vd/Pm/Sb, fp32 elsewhere); σ uses the SFU's approximate exp2 and
+// reciprocal (fp32, ~2 ulp) instead of the IEEE division.
+//
+// Per chunk (5 barriers): (1) chunk c's inputs, scalars and the forward's sin/cos table are ready → rotate Q̄/K̄,
+// build V/Vd → (2) → wgmma S1 half + state; mask → Pm; warpgroup 1 issues Q̄·S_c → (P, named barrier 1) →
+// warpgroup 1: Y = e^a·Yq + Pm·V, Y + D·V → smem → (3) all wgmma done → issue chunk c+1's copies; bf16 S_{c+1} → Sb;
+// epilogue of chunk c → wait for c+1's copies → (4) → warp 0: chunk c+1's scalars, all: its sin/cos table.
+// Taken when M = 64, P = 64, N ∈ {64, 128}, n_ang a power of two ≥ 8 and 16-byte aligned inputs (mimo_chunk_sm90.cu;
+// MEGACPP_MIMO_SM90=0 forces the mma.sync kernels, for A/B timing). R (so Lc) is a template parameter.
+// Resources (ptxas -v, sm_90a, v12): __launch_bounds__(256, 2) → 128 registers, 16–48 B of spill (per-chunk
+// address values reloaded once per chunk, none in the epilogue loop; device cuobjdump: LDL/STL per segment in
+// docs/perf/mimo.md); smem sm90_layout(): N=128, R=4: 114,688 B (forward with the sin/cos table, backward with
+// the dout buffers) → 2 CTAs/SM (16 warps); N=64: 84,992 / 87,040 B.
+#pragma once
+#include "kernels/common/wgmma_sm90.cuh"
+#include "kernels/mimo/mimo_common.cuh"
+
+namespace megacpp::mimo::dev::sm90 {
+
+constexpr int kM = 64, kP = 64, kThr = kSm90Threads;  // two warpgroups
+
+// Byte offsets from the 1024-aligned base; the wgmma tiles of 64 rows first (multiples of 8 KB).
+struct Sm90Layout {
+  uint32_t q, k, v, vd, pm, sb, ys, vraw, zraw, draw, ang, tab, sc, psi, phi, zeta, qb, kb, total;
+  uint32_t raw_bytes;  // one Lc×P bf16 block (v; one half of the z / dout double buffers)
+};
+// table: the forward keeps a per-chunk (sin θ, cos θ) table (prep, after the copies landed); the backward computes
+// them inline (its smem has no room for the table at 2 CTAs/SM).
+__host__ __device__ inline Sm90Layout sm90_layout(int N, int R, int n_ang, bool bwd) {
+  const int Lc = kM / R;
+  Sm90Layout L{};
+  uint32_t o = 0;
+  auto take = [&](uint32_t bytes) { uint32_t r = o; o = (o + bytes + 127u) & ~127u; return r; };
+  L.q = take(2u * kM * N);
+  L.k = take(2u * kM * N);
+  L.v = take(2u * kM * kP);
+  L.vd = take(2u * kM * kP);
+  L.pm = take(2u * kM * kM);
+  L.sb = take(2u * N * kP);
+  L.ys = take(4u * kM * kP);
+  L.raw_bytes = 2u * Lc * kP;
+  L.vraw = take(L.raw_bytes);
+  L.zraw = take(2u * L.raw_bytes);
+  L.draw = bwd ? take(2u * L.raw_bytes) : 0u;
+  L.sc = take(4u * 16 * kMaxLc);
+  L.psi = take(4u * R * kP);
+  L.phi = take(4u * R * kP);
+  L.zeta = take(4u * R * kP);
+  L.qb = take(4u * R * N);
+  L.kb = take(4u * R * N);
+  L.ang = take(4u * Lc * n_ang);  // last: every offset before it is a compile-time constant in the kernel
+  L.tab = bwd ? 0u : take(8u * Lc * n_ang);
+  L.total = o + 1024u;  // + alignment slack of the dynamic smem base
+  return L;
+}
+// Y (fp32 [64][64]) in smem: the float2 pair index is XORed with 4·(row & 7), so that the accumulator-fragment
+// stores (8 rows × 4 pairs per warp) hit distinct banks and the epilogue's reads (R rows × 32/R pairs) at most 2-way.
+__device__ __forceinline__ int ys_index(int row, int col) {
+  return row * kP + ((((col >> 1) ^ ((row & 7) << 2)) & 31) << 1) + (col & 1);
+}
+
+// Barrier 1 over all 256 threads, reached from the two warpgroups' different branches (barrier 0 is
+// __syncthreads, used where the whole CTA runs the same code).
+__device__ __forceinline__ void named_barrier_1() { asm volatile("bar.sync 1, %0;\n" ::"n"(kThr) : "memory"); }
+__device__ __forceinline__ void cp16(uint32_t saddr, const void* g) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(saddr), "l"(g));
+}
+__device__ __forceinline__ void unpack8(const uint4 u, float (&x)[8]) {
+  const uint32_t w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+  for (int j = 0; j < 4; ++j) x[2 * j] = __uint_as_float(w[j] << 16), x[2 * j + 1] = __uint_as_float(w[j] & 0xffff0000u);
+}
+__device__ __forceinline__ uint32_t pack2(float a, float b) {
+  __nv_bfloat162 v = __floats2bfloat162_rn(a, b);
+  return *reinterpret_cast<uint32_t*>(&v);
+}
+__device__ __forceinline__ uint4 pack8(const float (&x)[8]) {
+  return make_uint4(pack2(x[0], x[1]), pack2(x[2], x[3]), pack2(x[4], x[5]), pack2(x[6], x[7]));
+}
+__device__ __forceinline__ void add8(float (&x)[8], const float* p) {
+  const float4 a = *reinterpret_cast<const float4*>(p), b = *reinterpret_cast<const float4*>(p + 4);
+  x[0] += a.x, x[1] += a.y, x[2] += a.z, x[3] += a.w, x[4] += b.x, x[5] += b.y, x[6] += b.z, x[7] += b.w;
+}
+
+// σ(x) with the fast reciprocal (MUFU.RCP): no IEEE-division slow path in the epilogue; σ(−∞) = 0, σ(+∞) = 1.
+// (ex2.approx.ftz and rcp.approx.ftz: 2 SFU operations, no denormal or slow-path branches)
+__device__ __forceinline__ float sigmoid_fast(float x) {
+  float e, r;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(e) : "f"(x * -1.4426950408889634f));
+  asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(1.f + e));
+  return r;
+}
+// Matrix descriptors advanced by a byte offset: the start-address field (bits 0..13, address >> 4) of a descriptor
+// built once per tile, plus delta >> 4 (shared-memory addresses stay below 2^18, so the field cannot carry).
+__device__ __forceinline__ uint64_t desc_add(uint64_t d, uint32_t delta_bytes) { return d + (delta_bytes >> 4); }
+
+template <int N_, bool BWD, int R_>
+__global__ void __launch_bounds__(kThr, 2) mimo_chunk_sm90_kernel(const KParams kp) {
+  using namespace megacpp::wgmma;
+  static_assert(N_ == 64 || N_ == 128, "mimo_chunk_sm90: N in {64,128}");
+  static_assert(R_ == 1 || R_ == 2 || R_ == 4 || R_ == 8, "mimo_chunk_sm90: R in {1,2,4,8}");
+  constexpr int R = R_, lR = R == 1 ? 0 : R == 2 ? 1 : R == 4 ? 2 : 3, Lc = kM / R;
+  constexpr bool kTable = !BWD;
+  extern __shared__ __align__(1024) unsigned char smem_raw[];
+  const uint32_t s0 = smem_addr(smem_raw);
+  const uint32_t sbase = (s0 + 1023u) & ~1023u;
+  unsigned char* smem = smem_raw + (sbase - s0);
+  const MimoDims& d = kp.d;
+  const int n_ang = d.n_ang, lac = __ffs(n_ang >> 2) - 1;  // n_ang ∈ {16, 32, 64}: a power of two
+  const Sm90Layout L = sm90_layout(N_, R, n_ang, BWD);
+  const int h = blockIdx.x, b = blockIdx.y, g_ = h / (d.H / d.G);
+  const int tid = threadIdx.x, wg = tid >> 7, warp = tid >> 5, lane = tid & 31, gq = lane >> 2, t4 = lane & 3;
+  const int row0 = 16 * (warp & 3) + gq;  // this thread's first accumulator row in its warpgroup's 64-row tile
+  const size_t bh = static_cast<size_t>(b) * d.H + h;
+  float* sc = reinterpret_cast<float*>(smem + L.sc);
+  float* psi = reinterpret_cast<float*>(smem + L.psi);
+  float* phi = reinterpret_cast<float*>(smem + L.phi);
+  float* zeta = reinterpret_cast<float*>(smem + L.zeta);
+  float* qbias = reinterpret_cast<float*>(smem + L.qb);
+  float* kbias = reinterpret_cast<float*>(smem + L.kb);
+  float* ys = reinterpret_cast<float*>(smem + L.ys);
+  const float* ang = reinterpret_cast<const float*>(smem + L.ang);
+  float2* tab = reinterpret_cast<float2*>(smem + L.tab);
+  const float Dh = kp.in.d[h];
+  // State block of this warpgroup: rows 64·wg.. of S at N = 128. At N = 64 both warpgroups compute the one block
+  // (the wgmma then sits on no thread-dependent branch, which would make ptxas serialise every wgmma) and only
+  // warpgroup 0 stores it.
+  const bool owns_state = N_ == 128 || wg == 0;
+  const int sblk = N_ == 128 ? wg : 0;
+
+  // Base descriptors of the wgmma operand tiles (see wgmma_sm90.cuh), advanced per k16 step with desc_add.
+  const uint64_t dQ = desc_kmajor<kM>(sbase + L.q, 0, 0), dK1 = desc_kmajor<kM>(sbase + L.k, 32 * wg, 0);
+  const uint64_t dKt = desc_mnmajor<kM>(sbase + L.k + sblk * 64 * 128, 0), dVd = desc_mnmajor<kM>(sbase + L.vd, 0);
+  const uint64_t dSb = desc_mnmajor<N_>(sbase + L.sb, 0), dPm = desc_kmajor<kM>(sbase + L.pm, 0, 0);
+  const uint64_t dV = desc_mnmajor<kM>(sbase + L.v, 0);
+  load_params<kThr>(kp, h, psi, phi, zeta, qbias, kbias);
+  for (int i = tid; i < N_ * kP / 8; i += kThr) reinterpret_cast<uint4*>(smem + L.sb)[i] = make_uint4(0, 0, 0, 0);
+
+  // Copies of chunk c's inputs (all threads; warp 0 also the raw scalars, as its own cp.async group).
+  auto issue = [&](int c) {
+    const int t0 = c * Lc, par = c & 1;
+    constexpr int CH = N_ / 8;  // 16-byte chunks per q/k row
+    // 64-bit base of the chunk's first step, 32-bit offsets inside the chunk (no 64-bit multiplies per copy)
+    const size_t tok = static_cast<size_t>(b) * d.S + t0;
+    const bf16_bits* qg = kp.in.q + (tok * R * d.G + g_) * N_;
+    const bf16_bits* kg = kp.in.k + (tok * R * d.G + g_) * N_;
+#pragma unroll
+    for (int it = 0; it < kM * CH / kThr; ++it) {
+      const int idx = tid + it * kThr, i = idx / CH, cc = idx % CH;  // row i = s·R + r: row offset i·G·N
+      const uint32_t off = 2u * sw128_offset<kM>(i, cc * 8), go = static_cast<uint32_t>(i * d.G * N_ + cc * 8);
+      cp16(sbase + L.q + off, qg + go);
+      cp16(sbase + L.k + off, kg + go);
+    }
+    const size_t hp = (tok * d.H + h) * kP;
+    const int HP = d.H * kP;
+#pragma unroll
+    for (int it = 0; it < (Lc * 8 + kThr - 1) / kThr; ++it) {
+      const int idx = tid + it * kThr, s = idx >> 3, cc = idx & 7;
+      if (idx < Lc * 8) {
+        const uint32_t go = static_cast<uint32_t>(s * HP + cc * 8);
+        const uint32_t so = 2u * (s * kP + cc * 8), sp = par * L.raw_bytes + so;
+        cp16(sbase + L.vraw + so, kp.in.v + hp + go);
+        cp16(sbase + L.zraw + sp, kp.in.z + hp + go);
+        if constexpr (BWD) cp16(sbase + L.draw + sp, kp.dout + hp + go);
+      }
+    }
+    const float* ag = kp.in.angles + (tok * d.H + h) * n_ang;
+    for (int idx = tid; idx < Lc << lac; idx += kThr) {  // 16-byte chunks of the angle rows (2^lac per row)
+      const int s = idx >> lac, j = idx & ((1 << lac) - 1);
+      cp16(sbase + L.ang + 4u * (s * n_ang + 4 * j), ag + static_cast<uint32_t>(s * d.H * n_ang + 4 * j));
+    }
+    if (warp == 0) stage_scalars_issue(kp, b, h, t0, sc);
+    cp_async_commit();
+  };
+  // After chunk c's copies landed (wait + barrier): warp 0 turns the staged raw scalars into the chunk scalars;
+  // the forward's (sin, cos) table of the chunk's angles (once per (step, angle), not once per rank).
+  auto prep = [&](int c) {
+    if (warp == 0) {
+      const float al = chunk_scalars_staged(Lc, d.S, c * Lc, sc);
+      if (lane == 0) sc[kWork * kMaxLc] = al;
+    }
+    if constexpr (kTable) {
+      for (int i = tid; i < Lc * n_ang; i += kThr) {
+        float sn, cs;
+        fast_sincos(ang[i], &sn, &cs);
+        tab[i] = make_float2(sn, cs);
+      }
+    }
+  };
+
+  float S[32];
+#pragma unroll
+  for (int i = 0; i < 32; ++i) S[i] = 0.f;
+  // Epilogue mapping (fixed over the sweep): lane = (rank re, column pair), LP = 32/R lanes per rank, the R ranks
+  // of a (step, pair) in one warp (Σ_r by shuffles); warp = (column block cb, step group sg); steps sg + (8/R)·k.
+  constexpr int LP = 32 / R, SG = 8 / R;
+  const int re = lane / LP, pe = 2 * ((warp % R) * LP + lane % LP), sg = warp / R;
+  // BWD: this thread's dΦ / dΖ partials (rank re, columns pe, pe + 1)
+  float dphi_acc[2] = {0.f, 0.f}, dzeta_acc[2] = {0.f, 0.f};
+
+  issue(0);
+  cp_async_wait_all();
+  __syncthreads();
+  prep(0);
+  const float2 zt = *reinterpret_cast<const float2*>(zeta + re * kP + pe);  // Ζ, Φ of (re, pe..pe+1)
+  const float2 ph = *reinterpret_cast<const float2*>(phi + re * kP + pe);
+  fence_proxy_async();  // Sb zeros → async proxy
+
+  for (int c = 0; c < d.nc; ++c) {
+    const int t0 = c * Lc, par = c & 1;
+    __syncthreads();  // (1) chunk c's inputs, scalars (and table); Sb holds bf16(S_c)
+    if constexpr (BWD) {  // S_c (bf16) for mimo_bwd_bwd, row-major [n][p]
+      bf16_bits* dst = kp.states + (bh * d.nc + c) * static_cast<size_t>(N_) * kP;
+#pragma unroll
+      for (int it = 0; it < N_ * 8 / kThr; ++it) {
+        const int idx = tid + it * kThr, n = idx >> 3, j = idx & 7;
+        *reinterpret_cast<uint4*>(dst + n * kP + j * 8) =
+            *reinterpret_cast<const uint4*>(smem + L.sb + 2 * sw128_offset<N_>(n, j * 8));
+      }
+    }
+    // Q̄, K̄ in place: item (row, column chunk cc) with its partner chunk cc + N/16 (columns + N/2).
+    {
+      const int row = tid & 63, s = row >> lR, r = row & (R - 1);
+      const float* qb = qbias + r * N_;
+      const float* kb = kbias + r * N_;
+#pragma unroll 1
+      for (int k = 0; k < N_ / 64; ++k) {  // not unrolled: two items' 64 values plus S exceed 128 registers
+        const int cc = (tid >> 6) + 4 * k, c1 = cc * 8, c2 = c1 + N_ / 2;
+        uint4* pq1 = reinterpret_cast<uint4*>(smem + L.q + 2 * sw128_offset<kM>(row, c1));
+        uint4* pq2 = reinterpret_cast<uint4*>(smem + L.q + 2 * sw128_offset<kM>(row, c2));
+        uint4* pk1 = reinterpret_cast<uint4*>(smem + L.k + 2 * sw128_offset<kM>(row, c1));
+        uint4* pk2 = reinterpret_cast<uint4*>(smem + L.k + 2 * sw128_offset<kM>(row, c2));
+        float q1[8], q2[8], k1[8], k2[8];
+        unpack8(*pq1, q1), unpack8(*pq2, q2), unpack8(*pk1, k1), unpack8(*pk2, k2);
+        add8(q1, qb + c1), add8(q2, qb + c2), add8(k1, kb + c1), add8(k2, kb + c2);
+        if (c1 < n_ang) {
+          float sn[8], cs[8];
+          if constexpr (kTable) {
+            const float4* tp = reinterpret_cast<const float4*>(tab + s * n_ang + c1);
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const float4 u = tp[e];
+              sn[2 * e] = u.x, cs[2 * e] = u.y, sn[2 * e + 1] = u.z, cs[2 * e + 1] = u.w;
+            }
+          } else {
+            const float* th = ang + s * n_ang + c1;
+#pragma unroll
+            for (int e = 0; e < 8; ++e) fast_sincos(th[e], &sn[e], &cs[e]);
+          }
+#pragma unroll
+          for (int e = 0; e < 8; ++e) {
+            const float a1 = cs[e] * q1[e] - sn[e] * q2[e], a2 = sn[e] * q1[e] + cs[e] * q2[e];
+            q1[e] = a1, q2[e] = a2;
+            const float b1 = cs[e] * k1[e] - sn[e] * k2[e], b2 = sn[e] * k1[e] + cs[e] * k2[e];
+            k1[e] = b1, k2[e] = b2;
+          }
+        }
+        *pq1 = pack8(q1), *pq2 = pack8(q2), *pk1 = pack8(k1), *pk2 = pack8(k2);
+      }
+    }
+    // V, Vd: item (row, 8-column chunk); the PsiV cache (forward) from the same values.
+    {
+      const int row = tid & 63, s = row >> lR, r = row & (R - 1);
+      const float w = sc[kFac * kMaxLc + s] * sc[kEAB * kMaxLc + s];
+      const bf16_bits* xr = reinterpret_cast<const bf16_bits*>(smem + L.vraw) + s * kP;
+#pragma unroll
+      for (int k = 0; k < 2; ++k) {
+        const int c1 = ((tid >> 6) + 4 * k) * 8;
+        float x[8];
+        unpack8(*reinterpret_cast<const uint4*>(xr + c1), x);
+        const float* ps = psi + r * kP + c1;
+        float xv[8];
+#pragma unroll
+        for (int e = 0; e < 8; ++e) xv[e] = x[e] * ps[e];
+        const uint4 vv = pack8(xv);  // V = bf16(x·Ψ); Vd from the rounded V (as mimo_fwd_core.cuh)
+        float v[8], vd[8];
+        unpack8(vv, v);
+#pragma unroll
+        for (int e = 0; e < 8; ++e) vd[e] = v[e] * w;
+        *reinterpret_cast<uint4*>(smem + L.v + 2 * sw128_offset<kM>(row, c1)) = vv;
+        *reinterpret_cast<uint4*>(smem + L.vd + 2 * sw128_offset<kM>(row, c1)) = pack8(vd);
+        if (!BWD && kp.in.psiv_cache)
+          *reinterpret_cast<uint4*>(kp.in.psiv_cache + ((bh * d.S + t0) * R + row) * kP + c1) = vv;
+      }
+    }
+    fence_proxy_async();
+    __syncthreads();  // (2) Q̄, K̄, V, Vd → wgmma
+
+    // Both warpgroups: S1 columns 32·wg.. (m64n32) → Pm; their state block S ← e^{a_last}·S + K̄ᵀ·Vd.
+    // Warpgroup 1 also: Yq = Q̄·S_c, Y = e^{a}·Yq + Pm·V (after the named barrier), Y + D·V → ys.
+    const float el = __expf(sc[kWork * kMaxLc]);
+#pragma unroll
+    for (int i = 0; i < 32; ++i) S[i] *= el;
+    float S1[16], Y[32];
+    // k16 step kk of a K-major tile of 64 rows: + (kk/4)·8 KB + (kk%4)·32 B; of an MN-major tile: + kk·2 KB
+    auto kmaj = [](int kk) { return static_cast<uint32_t>((kk >> 2) * kM * 128 + (kk & 3) * 32); };
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < N_ / 16; ++kk)
+      wgmma_m64n32k16_ss(S1, desc_add(dQ, kmaj(kk)), desc_add(dK1, kmaj(kk)), kk > 0);
+    wgmma_commit();
+#pragma unroll
+    for (int kk = 0; kk < kM / 16; ++kk) wgmma_m64n64k16_ss<1, 1>(S, desc_add(dKt, kk * 2048), desc_add(dVd, kk * 2048), 1);
+    wgmma_commit();
+    wgmma_wait<1>();
+    reg_fence(S1);
+    {
+      const float* A = sc + kA * kMaxLc;
+      const float* fac = sc + kFac * kMaxLc;
+      const float* gam = sc + kGam * kMaxLc;
+#pragma unroll
+      for (int hh = 0; hh < 2; ++hh) {
+        const int row = row0 + 8 * hh, si = row >> lR;
+        const float ai = A[si], gi = gam[si];
+#pragma unroll
+        for (int q = 0; q < 4; ++q) {
+          const int col = 32 * wg + 8 * q + 2 * t4, i = 4 * q + 2 * hh;
+          float w2[2];
+          if constexpr (R >= 2) {  // both columns of the pair are one step
+            const int sj = col >> lR;
+            w2[0] = w2[1] = si > sj ? fac[sj] * __expf(ai - A[sj]) : (si == sj ? gi : 0.f);
+          } else {
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+              const int sj = col + e;
+              w2[e] = si > sj ? fac[sj] * __expf(ai - A[sj]) : (si == sj ? gi : 0.f);
+            }
+          }
+          *reinterpret_cast<uint32_t*>(smem + L.pm + 2 * sw128_offset<kM>(row, col)) = pack2(S1[i] * w2[0], S1[i + 1] * w2[1]);
+        }
+      }
+    }
+    fence_proxy_async();
+    // Warpgroup 1 issues Yq only now (S1's registers are dead: ≤ 128 registers without spills); the tensor cores
+    // run it while the warpgroups meet at the barrier.
+    if (wg == 1) {
+      wgmma_fence();
+#pragma unroll
+      for (int kk = 0; kk < N_ / 16; ++kk)
+        wgmma_m64n64k16_ss<1>(Y, desc_add(dQ, kmaj(kk)), desc_add(dSb, kk * 2048), kk > 0);
+      wgmma_commit();
+    }
+    named_barrier_1();  // (P) both halves of Pm → warpgroup 1's Pm·V
+    if (wg == 1) {
+      wgmma_wait<0>();
+      reg_fence(Y);
+#pragma unroll
+      for (int hh = 0; hh < 2; ++hh) {
+        const float ea = sc[kEA * kMaxLc + ((row0 + 8 * hh) >> lR)];
+#pragma unroll
+        for (int q = 0; q < 8; ++q) Y[4 * q + 2 * hh] *= ea, Y[4 * q + 2 * hh + 1] *= ea;
+      }
+      wgmma_fence();
+#pragma unroll
+      for (int kk = 0; kk < kM / 16; ++kk)
+        wgmma_m64n64k16_ss<1>(Y, desc_add(dPm, kmaj(kk)), desc_add(dV, kk * 2048), 1);
+      wgmma_commit();
+    }
+    wgmma_wait<0>();
+    reg_fence(Y);
+    reg_fence(S);
+    if (wg == 1) {
+#pragma unroll
+      for (int hh = 0; hh < 2; ++hh) {
+        const int row = row0 + 8 * hh;
+#pragma unroll
+        for (int q = 0; q < 8; ++q) {
+          const int col = 8 * q + 2 * t4, i = 4 * q + 2 * hh;
+          const float2 vv = ld_bf16x2(reinterpret_cast<const bf16_bits*>(smem + L.v + 2 * sw128_offset<kM>(row, col)));
+          *reinterpret_cast<float2*>(ys + ys_index(row, col)) = make_float2(Y[i] + Dh * vv.x, Y[i + 1] + Dh * vv.y);
+        }
+      }
+    }
+    __syncthreads();  // (3) every wgmma of chunk c has read its tiles; Y in ys
+    if (c + 1 < d.nc) issue(c + 1);
+    // bf16(S_{c+1}) → Sb for the next chunk's Q̄·S (the wgmma that read Sb has completed)
+    if (owns_state) {
+#pragma unroll
+      for (int q = 0; q < 8; ++q)
+#pragma unroll
+        for (int hh = 0; hh < 2; ++hh) {
+          const int n = 64 * sblk + row0 + 8 * hh, p = 8 * q + 2 * t4, i = 4 * q + 2 * hh;
+          *reinterpret_cast<uint32_t*>(smem + L.sb + 2 * sw128_offset<N_>(n, p)) = pack2(S[i], S[i + 1]);
+        }
+      fence_proxy_async();
+    }
+    // Epilogue of chunk c: thread (rank re, pair pe), steps sg + SG·k; Σ_r over the warp's R lane groups.
+    {
+      const bf16_bits* zr = reinterpret_cast<const bf16_bits*>(smem + L.zraw + par * L.raw_bytes);
+      const bf16_bits* dr = reinterpret_cast<const bf16_bits*>(smem + L.draw + par * L.raw_bytes);
+      bf16_bits* og = (BWD ? kp.dz : kp.in.out) + ((static_cast<size_t>(b) * d.S + t0) * d.H + h) * kP + pe;
+      const int HP = d.H * kP;
+#pragma unroll 2
+      for (int k = 0; k < Lc / SG; ++k) {
+        const int s = sg + SG * k;
+        const float2 y = *reinterpret_cast<const float2*>(ys + ys_index(s * R + re, pe));
+        const float2 zz = ld_bf16x2(zr + s * kP + pe);
+        const float u0 = zz.x * zt.x, u1 = zz.y * zt.y;
+        const float sg0 = sigmoid_fast(u0), sg1 = sigmoid_fast(u1);
+        const float si0 = u0 * sg0, si1 = u1 * sg1;
+        float o0, o1;
+        if constexpr (!BWD) {
+          o0 = ph.x * si0 * y.x;
+          o1 = ph.y * si1 * y.y;
+        } else {
+          const float2 go = ld_bf16x2(dr + s * kP + pe);
+          const float c0 = go.x * ph.x * y.x * sg0 * (1.f + u0 * (1.f - sg0));
+          const float c1 = go.y * ph.y * y.y * sg1 * (1.f + u1 * (1.f - sg1));
+          o0 = c0 * zt.x, o1 = c1 * zt.y;
+          dphi_acc[0] += go.x * si0 * y.x;
+          dphi_acc[1] += go.y * si1 * y.y;
+          dzeta_acc[0] += c0 * zz.x;
+          dzeta_acc[1] += c1 * zz.y;
+        }
+#pragma unroll
+        for (int off = LP; off < 32; off <<= 1) {
+          o0 += __shfl_xor_sync(0xffffffffu, o0, off);
+          o1 += __shfl_xor_sync(0xffffffffu, o1, off);
+        }
+        if (re == 0) st_bf16x2g(og + static_cast<uint32_t>(s * HP), o0, o1);
+      }
+    }
+    if (c + 1 < d.nc) {
+      cp_async_wait_all();
+      __syncthreads();  // (4) chunk c+1's copies (every thread's) have landed
+      prep(c + 1);
+    }
+  }
+
+  if constexpr (!BWD) {
+    if (kp.in.final_state && owns_state) {
+      float* fs = kp.in.final_state + bh * static_cast<size_t>(N_) * kP;
+#pragma unroll
+      for (int q = 0; q < 8; ++q)
+#pragma unroll
+        for (int hh = 0; hh < 2; ++hh) {
+          const int n = 64 * sblk + row0 + 8 * hh, p = 8 * q + 2 * t4, i = 4 * q + 2 * hh;
+          *reinterpret_cast<float2*>(fs + n * kP + p) = make_float2(S[i], S[i + 1]);
+        }
+    }
+  } else {
+    // Deterministic dΦ/dΖ partials of (b,h): thread (re, pe) of warp (cb, sg) holds steps sg + SG·k of every chunk;
+    // per-thread partials [which][sg][re][p] in the (now free) Q̄/K̄ tiles, summed over the SG step groups in order.
+    __syncthreads();
+    float* red = reinterpret_cast<float*>(smem + L.q);
+    {
+      const int o = (sg * R + re) * kP + pe, o2 = ((SG + sg) * R + re) * kP + pe;
+      red[o] = dphi_acc[0], red[o + 1] = dphi_acc[1];
+      red[o2] = dzeta_acc[0], red[o2 + 1] = dzeta_acc[1];
+    }
+    __syncthreads();
+    for (int o = tid; o < 2 * R * kP; o += kThr) {
+      const int which = o / (R * kP), rp = o % (R * kP);
+      float acc = 0.f;
+      for (int g = 0; g < SG; ++g) acc += red[((which * SG + g) * R) * kP + rp];
+      (which ? kp.p_dzeta : kp.p_dphi)[bh * R * kP + rp] = acc;
+    }
+  }
+}
+
+}  // namespace megacpp::mimo::dev::sm90
