@@ -24,10 +24,11 @@
 // epilogue of chunk c → wait for c+1's copies → (4) → warp 0: chunk c+1's scalars, all: its sin/cos table.
 // Taken when M = 64, P = 64, N ∈ {64, 128}, n_ang a power of two ≥ 8 and 16-byte aligned inputs (mimo_chunk_sm90.cu;
 // MEGACPP_MIMO_SM90=0 forces the mma.sync kernels, for A/B timing). R (so Lc) is a template parameter.
-// Resources (ptxas -v, sm_90a, v12): __launch_bounds__(256, 2) → 128 registers, 16–48 B of spill (per-chunk
-// address values reloaded once per chunk, none in the epilogue loop; device cuobjdump: LDL/STL per segment in
-// docs/perf/mimo.md); smem sm90_layout(): N=128, R=4: 114,688 B (forward with the sin/cos table, backward with
-// the dout buffers) → 2 CTAs/SM (16 warps); N=64: 84,992 / 87,040 B.
+// Resources (ptxas -v, sm_90a, v12): __launch_bounds__(256, 2) → 128 registers, 16–48 B of spill: per-chunk
+// address values stored before the loop and reloaded ≈ 11 times per chunk in issue()/prep(), none in the wgmma,
+// mask or epilogue step loops (device cuobjdump, LDL/STL per barrier segment: docs/perf/mimo.md); smem
+// sm90_layout(): N=128, R=4: 114,688 B (forward with the sin/cos table, backward with the dout buffers) →
+// 2 CTAs/SM (16 warps); N=64: 84,992 / 87,040 B.
 #pragma once
 #include "kernels/common/wgmma_sm90.cuh"
 #include "kernels/mimo/mimo_common.cuh"
