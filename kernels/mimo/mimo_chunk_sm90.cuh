@@ -147,10 +147,9 @@ __global__ void __launch_bounds__(kThr, 2) mimo_chunk_sm90_kernel(const KParams 
   const int sblk = N_ == 128 ? wg : 0;
 
   // Base descriptors of the wgmma operand tiles (see wgmma_sm90.cuh), advanced per k16 step with desc_add.
-  const uint64_t dQ = desc_kmajor<kM>(sbase + L.q, 0, 0), dK1 = desc_kmajor<kM>(sbase + L.k, 32 * wg, 0);
-  const uint64_t dKt = desc_mnmajor<kM>(sbase + L.k + sblk * 64 * 128, 0), dVd = desc_mnmajor<kM>(sbase + L.vd, 0);
-  const uint64_t dSb = desc_mnmajor<N_>(sbase + L.sb, 0), dPm = desc_kmajor<kM>(sbase + L.pm, 0, 0);
-  const uint64_t dV = desc_mnmajor<kM>(sbase + L.v, 0);
+  // Three kinds (K-major; MN-major of 64 rows; MN-major of N rows), each one 64-bit register pair held over the
+  // loop: a tile's descriptor is its kind's base plus the tile offset (compile-time constants but for wg).
+  const uint64_t dKmaj = desc_kmajor<kM>(sbase, 0, 0), dMn64 = desc_mnmajor<kM>(sbase, 0), dMnN = desc_mnmajor<N_>(sbase, 0);
   load_params<kThr>(kp, h, psi, phi, zeta, qbias, kbias);
   for (int i = tid; i < N_ * kP / 8; i += kThr) reinterpret_cast<uint4*>(smem + L.sb)[i] = make_uint4(0, 0, 0, 0);
 
@@ -220,8 +219,7 @@ __global__ void __launch_bounds__(kThr, 2) mimo_chunk_sm90_kernel(const KParams 
   cp_async_wait_all();
   __syncthreads();
   prep(0);
-  const float2 zt = *reinterpret_cast<const float2*>(zeta + re * kP + pe);  // Ζ, Φ of (re, pe..pe+1)
-  const float2 ph = *reinterpret_cast<const float2*>(phi + re * kP + pe);
+
   fence_proxy_async();  // Sb zeros → async proxy
 
   for (int c = 0; c < d.nc; ++c) {
@@ -315,10 +313,11 @@ __global__ void __launch_bounds__(kThr, 2) mimo_chunk_sm90_kernel(const KParams 
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < N_ / 16; ++kk)
-      wgmma_m64n32k16_ss(S1, desc_add(dQ, kmaj(kk)), desc_add(dK1, kmaj(kk)), kk > 0);
+      wgmma_m64n32k16_ss(S1, desc_add(dKmaj, L.q + kmaj(kk)), desc_add(dKmaj, L.k + 32 * 128 * wg + kmaj(kk)), kk > 0);
     wgmma_commit();
 #pragma unroll
-    for (int kk = 0; kk < kM / 16; ++kk) wgmma_m64n64k16_ss<1, 1>(S, desc_add(dKt, kk * 2048), desc_add(dVd, kk * 2048), 1);
+    for (int kk = 0; kk < kM / 16; ++kk)
+      wgmma_m64n64k16_ss<1, 1>(S, desc_add(dMn64, L.k + sblk * 64 * 128 + kk * 2048), desc_add(dMn64, L.vd + kk * 2048), 1);
     wgmma_commit();
     wgmma_wait<1>();
     reg_fence(S1);
@@ -355,7 +354,7 @@ __global__ void __launch_bounds__(kThr, 2) mimo_chunk_sm90_kernel(const KParams 
       wgmma_fence();
 #pragma unroll
       for (int kk = 0; kk < N_ / 16; ++kk)
-        wgmma_m64n64k16_ss<1>(Y, desc_add(dQ, kmaj(kk)), desc_add(dSb, kk * 2048), kk > 0);
+        wgmma_m64n64k16_ss<1>(Y, desc_add(dKmaj, L.q + kmaj(kk)), desc_add(dMnN, L.sb + kk * 2048), kk > 0);
       wgmma_commit();
     }
     named_barrier_1();  // (P) both halves of Pm → warpgroup 1's Pm·V
@@ -371,7 +370,7 @@ __global__ void __launch_bounds__(kThr, 2) mimo_chunk_sm90_kernel(const KParams 
       wgmma_fence();
 #pragma unroll
       for (int kk = 0; kk < kM / 16; ++kk)
-        wgmma_m64n64k16_ss<1>(Y, desc_add(dPm, kmaj(kk)), desc_add(dV, kk * 2048), 1);
+        wgmma_m64n64k16_ss<1>(Y, desc_add(dKmaj, L.pm + kmaj(kk)), desc_add(dMn64, L.v + kk * 2048), 1);
       wgmma_commit();
     }
     wgmma_wait<0>();
@@ -404,6 +403,8 @@ __global__ void __launch_bounds__(kThr, 2) mimo_chunk_sm90_kernel(const KParams 
     }
     // Epilogue of chunk c: thread (rank re, pair pe), steps sg + SG·k; Σ_r over the warp's R lane groups.
     {
+      const float2 zt = *reinterpret_cast<const float2*>(zeta + re * kP + pe);  // Ζ, Φ of (re, pe..pe+1), per chunk:
+      const float2 ph = *reinterpret_cast<const float2*>(phi + re * kP + pe);   // not held over the rotation phase
       const bf16_bits* zr = reinterpret_cast<const bf16_bits*>(smem + L.zraw + par * L.raw_bytes);
       const bf16_bits* dr = reinterpret_cast<const bf16_bits*>(smem + L.draw + par * L.raw_bytes);
       bf16_bits* og = (BWD ? kp.dz : kp.in.out) + ((static_cast<size_t>(b) * d.S + t0) * d.H + h) * kP + pe;
