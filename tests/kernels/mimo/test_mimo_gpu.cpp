@@ -71,6 +71,14 @@ TEST(MimoGpu, GroupsAndLongerSequence) {
   EXPECT_TRUE(gate(make_shape(3, 96, 6, 3, {32, 32, 2, 32}), 79, false));
 }
 
+// Many chunks (128) at the training model's widths: the wgmma chunk loop's double buffers, the state carried over a
+// long sweep and the chunk-entry states of the backward, at N = 64 (md300m) and N = 128 (the speed-bar width).
+TEST(MimoGpu, LongSweepTrainingWidths) {
+  MEGACPP_REQUIRE_GPU();
+  EXPECT_TRUE(gate(make_shape(1, 2048, 4, 2, {64, 64, 4, 16}), 80, false));
+  EXPECT_TRUE(gate(make_shape(1, 2048, 2, 1, {128, 64, 4, 16}), 81, false));
+}
+
 std::vector<std::vector<double>> flat(const GpuRunResult& r) {
   const MimoGrads& g = r.grads;
   return {r.out,     g.dq,      g.dk,   g.dv,   g.dadt,    g.ddt, g.dtrap, g.dq_bias,
