@@ -100,8 +100,8 @@ __device__ __forceinline__ void add8(float (&x)[8], const float* p) {
   x[0] += a.x, x[1] += a.y, x[2] += a.z, x[3] += a.w, x[4] += b.x, x[5] += b.y, x[6] += b.z, x[7] += b.w;
 }
 
-// σ(x) with the fast reciprocal (MUFU.RCP): no IEEE-division slow path in the epilogue; σ(−∞) = 0, σ(+∞) = 1.
-// (ex2.approx.ftz and rcp.approx.ftz: 2 SFU operations, no denormal or slow-path branches)
+// σ(x) from the SFU's approximate exp2 and reciprocal (ex2.approx.ftz, rcp.approx.ftz): two operations, no IEEE
+// division slow path and no denormal branches in the epilogue; σ(−∞) = 0, σ(+∞) = 1.
 __device__ __forceinline__ float sigmoid_fast(float x) {
   float e, r;
   asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(e) : "f"(x * -1.4426950408889634f));
