@@ -19,25 +19,33 @@ bool forced_off() {
   }();
   return off;
 }
-// Instances: N ∈ {64, 128} × R ∈ {1, 2, 4, 8} × (forward, backward).
-template <int N, bool BWD>
-const void* ptr_nb(int R) {
-  switch (R) {
-    case 1: return reinterpret_cast<const void*>(&sm90::mimo_chunk_sm90_kernel<N, BWD, 1>);
-    case 2: return reinterpret_cast<const void*>(&sm90::mimo_chunk_sm90_kernel<N, BWD, 2>);
-    case 4: return reinterpret_cast<const void*>(&sm90::mimo_chunk_sm90_kernel<N, BWD, 4>);
-    default: return reinterpret_cast<const void*>(&sm90::mimo_chunk_sm90_kernel<N, BWD, 8>);
+// B·H ≤ the SM count: every CTA has an SM to itself, so R = 4 (the models' rank) gets an instance built for one CTA
+// per SM (__launch_bounds__(256, 1): up to 255 registers instead of 128, no spills, loads in flight together).
+bool one_cta_per_sm(const MimoDims& d) {
+  static const int sms = [] {
+    int dev = 0, n = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess)
+      return 0;
+    return n;
+  }();
+  return d.R == 4 && static_cast<long long>(d.B) * d.H <= sms;
+}
+// Instances: N ∈ {64, 128} × R ∈ {1, 2, 4, 8} × (forward, backward), plus R = 4 at one CTA per SM. `Do` is called
+// with the kernel's address (a pointer query or a launch).
+template <int N, bool BWD, class Do>
+auto with_kernel(const MimoDims& d, Do&& f) {
+  using sm90::mimo_chunk_sm90_kernel;
+  switch (d.R) {
+    case 1: return f(mimo_chunk_sm90_kernel<N, BWD, 1, 2>);
+    case 2: return f(mimo_chunk_sm90_kernel<N, BWD, 2, 2>);
+    case 4: return one_cta_per_sm(d) ? f(mimo_chunk_sm90_kernel<N, BWD, 4, 1>) : f(mimo_chunk_sm90_kernel<N, BWD, 4, 2>);
+    default: return f(mimo_chunk_sm90_kernel<N, BWD, 8, 2>);
   }
 }
-template <int N, bool BWD>
-void launch_nb(const KParams& kp, int smem, cudaStream_t st) {
-  const dim3 grid(kp.d.H, kp.d.B);
-  switch (kp.d.R) {
-    case 1: sm90::mimo_chunk_sm90_kernel<N, BWD, 1><<<grid, sm90::kThr, smem, st>>>(kp); break;
-    case 2: sm90::mimo_chunk_sm90_kernel<N, BWD, 2><<<grid, sm90::kThr, smem, st>>>(kp); break;
-    case 4: sm90::mimo_chunk_sm90_kernel<N, BWD, 4><<<grid, sm90::kThr, smem, st>>>(kp); break;
-    default: sm90::mimo_chunk_sm90_kernel<N, BWD, 8><<<grid, sm90::kThr, smem, st>>>(kp); break;
-  }
+template <class Do>
+auto with_kernel(const MimoDims& d, bool bwd, Do&& f) {
+  if (d.N == 64) return bwd ? with_kernel<64, true>(d, f) : with_kernel<64, false>(d, f);
+  return bwd ? with_kernel<128, true>(d, f) : with_kernel<128, false>(d, f);
 }
 }  // namespace
 
@@ -62,16 +70,20 @@ std::string sm90_refusal(const KParams& kp, bool bwd) {
   return {};
 }
 std::size_t sm90_smem(const MimoDims& d, bool bwd) { return sm90::sm90_layout(d.N, d.R, d.n_ang, bwd).total; }
+std::string sm90_path(const MimoDims& d) {
+  return one_cta_per_sm(d) ? "sm90 wgmma (1-CTA/SM instance: B*H <= SMs)" : "sm90 wgmma";
+}
 const void* sm90_kernel_ptr(const MimoDims& d, bool bwd) {
-  if (d.N == 64) return bwd ? ptr_nb<64, true>(d.R) : ptr_nb<64, false>(d.R);
-  return bwd ? ptr_nb<128, true>(d.R) : ptr_nb<128, false>(d.R);
+  return with_kernel(d, bwd, [](auto kern) { return reinterpret_cast<const void*>(kern); });
 }
 
 void launch_sm90(const KParams& kp, bool bwd, cudaStream_t st) {
   const int smem = static_cast<int>(sm90_smem(kp.d, bwd));
-  MEGACPP_CUDA_CHECK(cudaFuncSetAttribute(sm90_kernel_ptr(kp.d, bwd), cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-  if (kp.d.N == 64) bwd ? launch_nb<64, true>(kp, smem, st) : launch_nb<64, false>(kp, smem, st);
-  else bwd ? launch_nb<128, true>(kp, smem, st) : launch_nb<128, false>(kp, smem, st);
+  with_kernel(kp.d, bwd, [&](auto kern) {
+    MEGACPP_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+    kern<<<dim3(kp.d.H, kp.d.B), sm90::kThr, smem, st>>>(kp);
+    return 0;
+  });
   MEGACPP_CUDA_CHECK(cudaGetLastError());
 }
 }  // namespace megacpp::mimo::dev

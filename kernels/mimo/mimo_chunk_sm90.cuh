@@ -112,8 +112,10 @@ __device__ __forceinline__ float sigmoid_fast(float x) {
 // built once per tile, plus delta >> 4 (shared-memory addresses stay below 2^18, so the field cannot carry).
 __device__ __forceinline__ uint64_t desc_add(uint64_t d, uint32_t delta_bytes) { return d + (delta_bytes >> 4); }
 
-template <int N_, bool BWD, int R_>
-__global__ void __launch_bounds__(kThr, 2) mimo_chunk_sm90_kernel(const KParams kp) {
+// MINB: CTAs per SM the registers are budgeted for (2: ≤ 128 registers; 1: when B·H ≤ the SM count, see
+// mimo_chunk_sm90.cu).
+template <int N_, bool BWD, int R_, int MINB>
+__global__ void __launch_bounds__(kThr, MINB) mimo_chunk_sm90_kernel(const KParams kp) {
   using namespace megacpp::wgmma;
   static_assert(N_ == 64 || N_ == 128, "mimo_chunk_sm90: N in {64,128}");
   static_assert(R_ == 1 || R_ == 2 || R_ == 4 || R_ == 8, "mimo_chunk_sm90: R in {1,2,4,8}");

@@ -582,5 +582,6 @@ std::string sm90_refusal(const MimoDims& d, bool bwd, bool psiv_read);
 std::string sm90_refusal(const KParams& kp, bool bwd);
 std::size_t sm90_smem(const MimoDims& d, bool bwd);
 const void* sm90_kernel_ptr(const MimoDims& d, bool bwd);
+std::string sm90_path(const MimoDims& d);  // "sm90 wgmma", and which instance
 void launch_sm90(const KParams& kp, bool bwd, cudaStream_t st);
 }  // namespace megacpp::mimo::dev

@@ -234,7 +234,7 @@ void mimo_bwd(const MimoDims& d, const MimoBwdArgs& a, void* ws, cudaStream_t st
 std::vector<MimoKernelInfo> mimo_kernel_infos(const MimoDims& d, bool psiv_read) {
   auto fwd_side = [&](const char* name, bool bwd) -> MimoKernelInfo {
     const std::string why = dev::sm90_refusal(d, bwd, psiv_read);
-    if (why.empty()) return {name, dev::sm90_kernel_ptr(d, bwd), dev::kSm90Threads, dev::sm90_smem(d, bwd), "sm90 wgmma"};
+    if (why.empty()) return {name, dev::sm90_kernel_ptr(d, bwd), dev::kSm90Threads, dev::sm90_smem(d, bwd), dev::sm90_path(d)};
     return {name, bwd ? dev::bwd_fwd_kernel_ptr(d) : dev::fwd_kernel_ptr(d),
             bwd ? dev::bwd_fwd_threads(d) : dev::fwd_threads(d), fwd_smem(d), "mma.sync (wgmma path refused: " + why + ")"};
   };

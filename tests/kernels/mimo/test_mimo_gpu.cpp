@@ -79,6 +79,14 @@ TEST(MimoGpu, LongSweepTrainingWidths) {
   EXPECT_TRUE(gate(make_shape(1, 2048, 2, 1, {128, 64, 4, 16}), 81, false));
 }
 
+// B·H = 144 > the SM count: the wgmma chunk loop's 2-CTAs-per-SM instances (R = 4 with B·H ≤ the SM count, as in
+// the other cases, takes the one-CTA-per-SM instance).
+TEST(MimoGpu, ManyHeadsTwoCtasPerSm) {
+  MEGACPP_REQUIRE_GPU();
+  EXPECT_TRUE(gate(make_shape(2, 64, 72, 8, {128, 64, 4, 16}), 82, false));
+  EXPECT_TRUE(gate(make_shape(2, 64, 72, 2, {64, 64, 4, 16}), 83, false));
+}
+
 std::vector<std::vector<double>> flat(const GpuRunResult& r) {
   const MimoGrads& g = r.grads;
   return {r.out,     g.dq,      g.dk,   g.dv,   g.dadt,    g.ddt, g.dtrap, g.dq_bias,
