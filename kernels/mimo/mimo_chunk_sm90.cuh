@@ -28,7 +28,8 @@
 // address values stored before the loop and reloaded ≈ 11 times per chunk in issue()/prep(), none in the wgmma,
 // mask or epilogue step loops (device cuobjdump, LDL/STL per barrier segment: docs/perf/mimo.md); smem
 // sm90_layout(): N=128, R=4: 114,688 B (forward with the sin/cos table, backward with the dout buffers) →
-// 2 CTAs/SM (16 warps); N=64: 84,992 / 87,040 B.
+// 2 CTAs/SM (16 warps); N=64: 84,992 / 87,040 B. R = 4 also has a one-CTA-per-SM instance (MINB = 1: 160–182
+// registers, no spill), launched when B·H ≤ the SM count (mimo_chunk_sm90.cu).
 #pragma once
 #include "kernels/common/wgmma_sm90.cuh"
 #include "kernels/mimo/mimo_common.cuh"
