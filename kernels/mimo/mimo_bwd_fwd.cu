@@ -1,5 +1,5 @@
 // mimo_bwd_fwd.cu — Mamba-3 MIMO backward recompute pass `mimo_bwd_fwd` (mimo_fwd_core.cuh with BWD=true; the
-// shapes mimo_chunk_sm90.cuh takes launch that wgmma kernel instead, see mimo_fwd.cu).
+// shapes mimo_chunk_sm90.cuh takes launch that wgmma kernel instead: mimo_bwd_fwd() in mimo_prep.cu chooses).
 //
 // Recomputes the forward chunk by chunk (same math as mimo_fwd) and, instead of `out`, writes:
 //   states (B,H,nc,N,P) bf16 — S_c, the state entering chunk c (read by mimo_bwd_bwd);
@@ -42,7 +42,6 @@ const void* bwd_fwd_kernel_ptr(const MimoDims& d) {
   }
 }
 void launch_bwd_fwd_kernel(const KParams& kp, std::size_t smem, cudaStream_t st) {
-  if (sm90_refusal(kp, true).empty()) return launch_sm90(kp, true, st);  // mimo_chunk_sm90.cu (wgmma)
   auto launch = [&](auto kern, int threads) {
     MEGACPP_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
     kern<<<dim3(kp.d.H, kp.d.B), threads, smem, st>>>(kp);

@@ -1,6 +1,6 @@
 // mimo_chunk_sm90.cu — instances and host side of the wgmma chunk loop (mimo_chunk_sm90.cuh): which shapes take
-// it, its shared-memory size, and its launch. mimo_fwd.cu / mimo_bwd_fwd.cu call sm90_refusal() first and launch
-// the mma.sync kernels (mimo_fwd_core.cuh) when it returns a reason; the reason is reported by mimo_kernel_infos()
+// it, its shared-memory size, and its launch. mimo_fwd() / mimo_bwd_fwd() (mimo_prep.cu) call sm90_refusal() first
+// and launch the mma.sync kernels (mimo_fwd_core.cuh) when it returns a reason; the reason is reported by mimo_kernel_infos()
 // (hence in every bench receipt), so the choice is never silent.
 #include <cstdint>
 #include <cstdlib>
@@ -57,7 +57,7 @@ std::string sm90_refusal(const MimoDims& d, bool bwd, bool psiv_read) {
   if (d.n_ang < 8 || (d.n_ang & (d.n_ang - 1)) != 0)
     return "n_ang=" + std::to_string(d.n_ang) + " (needs a power of two >= 8)";
   if (bwd && psiv_read) return "PsiV cache read (not implemented in the wgmma kernel)";
-  if (sm90_smem(d, bwd) > 232448) return "shared memory " + std::to_string(sm90_smem(d, bwd)) + " B";
+  if (sm90_smem(d, bwd) > kSmemLimit) return "shared memory " + std::to_string(sm90_smem(d, bwd)) + " B";
   return {};
 }
 std::string sm90_refusal(const KParams& kp, bool bwd) {

@@ -23,6 +23,7 @@ constexpr int kBwdWarps = kBwdThreads / 32;
 static_assert(kBwdThreads <= 2 * kThreads, "bwd_layout sc region holds 2*kThreads floats of scratch");
 constexpr int kMaxStateTiles = 8;  // per warp: 8 warps × 8 tiles × 16×16 = N·P ≤ 16384 (template NT ≤ this)
 constexpr int kMaxLc = 64;
+constexpr std::size_t kSmemLimit = 232448;  // 227 KB opt-in dynamic shared memory per block on sm_90
 
 __host__ __device__ inline std::size_t align16(std::size_t x) { return (x + 15) & ~std::size_t(15); }
 

@@ -1,6 +1,6 @@
 // mimo_fwd.cu — Mamba-3 MIMO forward kernel `mimo_fwd` (the chunk loop lives in mimo_fwd_core.cuh, BWD=false).
-// Shapes the Hopper wgmma chunk loop takes (M = 64, P = 64, N ∈ {64,128}: mimo_chunk_sm90.cuh) launch that instead;
-// this file's mma.sync instances serve the rest (and MEGACPP_MIMO_SM90=0).
+// Shapes the Hopper wgmma chunk loop takes (mimo_chunk_sm90.cuh) launch that instead (the choice: mimo_fwd() in
+// mimo_prep.cu); this file's mma.sync instances serve the rest (and MEGACPP_MIMO_SM90=0).
 //
 // Math: see mimo_fwd_core.cuh. Shapes: q,k (B,S,R,G,N) bf16; v,z,out (B,S,H,P) bf16; adt,dt (B,H,S) fp32,
 // trap (B,H,S) bf16; angles (B,S,H,N_ang) fp32 cumulative; params fp32. Grid (H,B), 512 or 256 threads.
@@ -23,7 +23,6 @@ const void* fwd_kernel_ptr(const MimoDims& d) {
                  : reinterpret_cast<const void*>(&mimo_fwd_kernel<false, kThreads, 8, 8>);
 }
 void launch_fwd_kernel(const KParams& kp, std::size_t smem, cudaStream_t st) {
-  if (sm90_refusal(kp, false).empty()) return launch_sm90(kp, false, st);  // mimo_chunk_sm90.cu (wgmma)
   auto launch = [&](auto kern, int threads) {
     MEGACPP_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
     kern<<<dim3(kp.d.H, kp.d.B), threads, smem, st>>>(kp);

@@ -91,7 +91,6 @@ __global__ void __launch_bounds__(256) mimo_bwd_post_kernel(const PostParams pp)
 namespace {
 std::size_t fwd_smem(const MimoDims& d) { return dev::fwd_layout(d.N, d.P, d.R, d.Mp, d.Lc).total; }
 std::size_t bwd_smem(const MimoDims& d) { return dev::bwd_layout(d.N, d.P, d.R, d.Mp, d.Lc).total; }
-constexpr std::size_t kSmemLimit = 232448;  // 227 KB opt-in per block on sm_90
 
 int ilog2(int x) {
   int l = 0;
@@ -185,7 +184,7 @@ MimoDims mimo_make_dims(int B, int S, int H, int G, int N, int P, int R, int chu
     d.M = d.Lc * R;
     d.Mp = std::max(16, (d.M + 15) / 16 * 16);
     d.nc = S / d.Lc;
-    if (bwd_smem(d) <= kSmemLimit && fwd_smem(d) <= kSmemLimit) return d;
+    if (bwd_smem(d) <= dev::kSmemLimit && fwd_smem(d) <= dev::kSmemLimit) return d;
   }
   fail("no chunk length fits shared memory for N=" + std::to_string(N) + ", P=" + std::to_string(P));
   return d;
@@ -193,11 +192,17 @@ MimoDims mimo_make_dims(int B, int S, int H, int G, int N, int P, int R, int chu
 
 std::size_t mimo_bwd_workspace_bytes(const MimoDims& d) { return ws_parts(d).total; }
 
+// mimo_fwd / mimo_bwd_fwd: the Hopper wgmma chunk loop (mimo_chunk_sm90.cu) where it applies, else the mma.sync
+// kernels; mimo_kernel_infos() below reports the same choice.
 void mimo_fwd(const MimoDims& d, const MimoFwdArgs& a, cudaStream_t stream) {
-  dev::launch_fwd_kernel(make_params(d, nullptr, a, nullptr), fwd_smem(d), stream);
+  const dev::KParams kp = make_params(d, nullptr, a, nullptr);
+  if (dev::sm90_refusal(kp, false).empty()) return dev::launch_sm90(kp, false, stream);
+  dev::launch_fwd_kernel(kp, fwd_smem(d), stream);
 }
 void mimo_bwd_fwd(const MimoDims& d, const MimoBwdArgs& a, void* ws, cudaStream_t stream) {
-  dev::launch_bwd_fwd_kernel(make_params(d, &a, a.in, ws), fwd_smem(d), stream);
+  const dev::KParams kp = make_params(d, &a, a.in, ws);
+  if (dev::sm90_refusal(kp, true).empty()) return dev::launch_sm90(kp, true, stream);
+  dev::launch_bwd_fwd_kernel(kp, fwd_smem(d), stream);
 }
 void mimo_bwd_bwd(const MimoDims& d, const MimoBwdArgs& a, void* ws, cudaStream_t stream) {
   dev::launch_bwd_bwd_kernel(make_params(d, &a, a.in, ws), bwd_smem(d), stream);
