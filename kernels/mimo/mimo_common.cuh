@@ -585,4 +585,11 @@ std::size_t sm90_smem(const MimoDims& d, bool bwd);
 const void* sm90_kernel_ptr(const MimoDims& d, bool bwd);
 std::string sm90_path(const MimoDims& d);  // "sm90 wgmma", and which instance
 void launch_sm90(const KParams& kp, bool bwd, cudaStream_t st);
+// The Hopper wgmma mimo_bwd_bwd (mimo_bwd_bwd_sm90.cu): four warpgroups per (h, b); the same refusal contract.
+constexpr int kSm90BwdThreads = 512;
+std::string sm90_bwd_bwd_refusal(const MimoDims& d);
+std::string sm90_bwd_bwd_refusal(const KParams& kp);
+std::size_t sm90_bwd_bwd_smem(const MimoDims& d);
+const void* sm90_bwd_bwd_kernel_ptr(const MimoDims& d);
+void launch_sm90_bwd_bwd(const KParams& kp, cudaStream_t st);
 }  // namespace megacpp::mimo::dev

@@ -205,7 +205,9 @@ void mimo_bwd_fwd(const MimoDims& d, const MimoBwdArgs& a, void* ws, cudaStream_
   dev::launch_bwd_fwd_kernel(kp, fwd_smem(d), stream);
 }
 void mimo_bwd_bwd(const MimoDims& d, const MimoBwdArgs& a, void* ws, cudaStream_t stream) {
-  dev::launch_bwd_bwd_kernel(make_params(d, &a, a.in, ws), bwd_smem(d), stream);
+  const dev::KParams kp = make_params(d, &a, a.in, ws);
+  if (dev::sm90_bwd_bwd_refusal(kp).empty()) return dev::launch_sm90_bwd_bwd(kp, stream);
+  dev::launch_bwd_bwd_kernel(kp, bwd_smem(d), stream);
 }
 void mimo_bwd_post(const MimoDims& d, const MimoBwdArgs& a, void* ws, cudaStream_t stream) {
   const WsParts w = ws_parts(d);
@@ -243,8 +245,13 @@ std::vector<MimoKernelInfo> mimo_kernel_infos(const MimoDims& d, bool psiv_read)
     return {name, bwd ? dev::bwd_fwd_kernel_ptr(d) : dev::fwd_kernel_ptr(d),
             bwd ? dev::bwd_fwd_threads(d) : dev::fwd_threads(d), fwd_smem(d), "mma.sync (wgmma path refused: " + why + ")"};
   };
-  return {fwd_side("mimo_fwd", false), fwd_side("mimo_bwd_fwd", true),
-          {"mimo_bwd_bwd", dev::bwd_bwd_kernel_ptr(d), dev::bwd_bwd_threads(d), bwd_smem(d), "mma.sync"},
+  const std::string why_bb = dev::sm90_bwd_bwd_refusal(d);
+  const MimoKernelInfo bwd_bwd =
+      why_bb.empty() ? MimoKernelInfo{"mimo_bwd_bwd", dev::sm90_bwd_bwd_kernel_ptr(d), dev::kSm90BwdThreads,
+                                      dev::sm90_bwd_bwd_smem(d), "sm90 wgmma"}
+                     : MimoKernelInfo{"mimo_bwd_bwd", dev::bwd_bwd_kernel_ptr(d), dev::bwd_bwd_threads(d), bwd_smem(d),
+                                      "mma.sync (wgmma path refused: " + why_bb + ")"};
+  return {fwd_side("mimo_fwd", false), fwd_side("mimo_bwd_fwd", true), bwd_bwd,
           {"mimo_bwd_post", reinterpret_cast<const void*>(&dev::mimo_bwd_post_kernel), 256, 0, "elementwise"}};
 }
 

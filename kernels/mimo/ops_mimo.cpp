@@ -136,7 +136,7 @@ GpuRunResult mimo_gpu_run(const MimoShape& s, const MimoInputs& in, const std::v
   r.note = "gpu internal chunk Lc=" + std::to_string(d.Lc) + " (M=" + std::to_string(d.M) + ")" +
            (psiv ? ", psiv-cache on" : ", psiv-cache off");
   for (const auto& k : mimo::mimo_kernel_infos(d, psiv))
-    if (k.name == "mimo_fwd" || k.name == "mimo_bwd_fwd") r.note += ", " + k.name + ": " + k.path;
+    if (k.name != "mimo_bwd_post") r.note += ", " + k.name + ": " + k.path;
   return r;
 }
 #else

@@ -11,7 +11,7 @@
 # 20 CUDA-event runs after warm-up (OpDef::bench, the same code path as `megacpp bench`).
 # MIMO_BASE_GATE=1 (A/B mode) also builds and runs the baseline tree's test_mimo_gpu.
 # The candidate's mimo_fwd / mimo_bwd_fwd are also timed with the wgmma chunk loop switched off
-# (MEGACPP_MIMO_SM90=0, lines "MMA"): the mma.sync kernels of the same binary (v12).
+# (MEGACPP_MIMO_SM90=0, lines "MMA"): the mma.sync kernels of the same binary (v12; mimo_bwd_bwd too since v13).
 # Profiling (v7): MIMO_PROF=1 adds `ncu --set full --import-source yes` on one launch each, at the bar shape, of the
 # kernels named in MIMO_PROF_LIST (default "fwd_new fwd_base bwdbwd"; also "bwdbwd_base"; *_base = the A/B
 # baseline tree), exported as text (details page; source page per SASS instruction, CSV) into the log tarball.
@@ -51,11 +51,11 @@ if [ $AB = 1 ]; then wait $BPID || { echo "BASELINE BUILD FAILED"; tail -30 "$OU
 echo "build ok ($(( $(date +%s) - T0 )) s)"
 grep -E "Compiling entry|registers|spill" "$OUT/build.log" | grep -A2 "mimo" | grep -E "entry|registers|spill" |
   sed 's/ptxas info *: //' | sed 's/Compiling entry function //' | head -24
-for o in mimo_fwd mimo_bwd_fwd mimo_bwd_bwd mimo_chunk_sm90; do
+for o in mimo_fwd mimo_bwd_fwd mimo_bwd_bwd mimo_chunk_sm90 mimo_bwd_bwd_sm90; do
   f=$(find build-dev/kernels/mimo -name "$o.cu.o" | head -1)
   cuobjdump --dump-sass "$f" > "$OUT/$o.sass" 2>/dev/null
-  awk '/Function :/{f=$3} /HMMA/{h[f]++} /LDSM/{m[f]++} /LDGSTS/{g[f]++} /BAR/{u[f]++} /LDL|STL/{l[f]++}
-       END{for(k in h) printf "%5d HMMA %4d LDSM %3d LDGSTS %4d BAR %3d LDL/STL  %s\n", h[k], m[k], g[k], u[k], l[k], substr(k,1,72)}' "$OUT/$o.sass"
+  awk '/Function :/{f=$3; n[f]=1} /HMMA/{h[f]++} /HGMMA/{w[f]++} /LDSM/{m[f]++} /LDGSTS/{g[f]++} /BAR/{u[f]++} /LDL|STL/{l[f]++}
+       END{for(k in n) printf "%5d HMMA %4d HGMMA %4d LDSM %3d LDGSTS %4d BAR %3d LDL/STL  %s\n", h[k], w[k], m[k], g[k], u[k], l[k], substr(k,1,72)}' "$OUT/$o.sass"
 done
 # v12: where the wgmma chunk loop's local-memory accesses sit: LDL/STL count per BAR-delimited segment (R=4 instances)
 awk '/Function :/{f=$3; seg=0} f ~ /mimo_chunk_sm90_kernelILi128ELb[01]ELi4E/ { if ($0 ~ /BAR/) seg++; if ($0 ~ /LDL|STL/) c[f" seg "seg]++ }
@@ -82,7 +82,7 @@ if [ "$MODE" != tests ] && [ "$MODE" != prof ]; then
       timeout 60 $NEW $shape 0 mimo_fwd mimo_bwd_fwd mimo_bwd_bwd 2>&1 |
         grep -E "^BENCH|KERNEL" | sed "s/^BENCH/NEW$rep /" | cut -c1-150 | tee -a "$OUT/ab.log"
       # v12: the same binary with the wgmma chunk loop switched off (mma.sync mimo_fwd / mimo_bwd_fwd)
-      MEGACPP_MIMO_SM90=0 timeout 60 $NEW $shape 0 mimo_fwd mimo_bwd_fwd 2>&1 |
+      MEGACPP_MIMO_SM90=0 timeout 60 $NEW $shape 0 mimo_fwd mimo_bwd_fwd mimo_bwd_bwd 2>&1 |
         grep -E "^BENCH" | sed "s/^BENCH/MMA$rep /" | cut -c1-150 | tee -a "$OUT/ab.log"
     done
   done
@@ -113,6 +113,7 @@ if [ "${MIMO_PROF:-0}" = 1 ]; then
       fwd_new) prof fwd_new $NB mimo_fwd mimo_fwd_kernel ;;
       sm90_fwd) prof sm90_fwd $NB mimo_fwd mimo_chunk_sm90_kernel ;;
       sm90_bwdfwd) prof sm90_bwdfwd $NB mimo_bwd_fwd mimo_chunk_sm90_kernel ;;
+      sm90_bwdbwd) prof sm90_bwdbwd $NB mimo_bwd_bwd mimo_bwd_bwd_sm90_kernel ;;
       fwd_base) [ $AB = 1 ] && prof fwd_base $BASE/build/tests/kernels/mimo/mimo_bench mimo_fwd mimo_fwd_kernel ;;
       bwdbwd) prof bwdbwd $NB mimo_bwd_bwd mimo_bwd_bwd_kernel ;;
       bwdbwd_base) [ $AB = 1 ] && prof bwdbwd_base $BASE/build/tests/kernels/mimo/mimo_bench mimo_bwd_bwd mimo_bwd_bwd_kernel ;;
