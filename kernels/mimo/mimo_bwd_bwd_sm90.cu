@@ -19,8 +19,9 @@
 // Deterministic: fixed reduction orders, no atomics.
 // Taken when M = 64, P = 64, N ∈ {64, 128}, n_ang a power of two ≥ 8, 16-byte aligned inputs and the layout fits
 // (sm90_bwd_bwd_refusal); MEGACPP_MIMO_SM90=0 forces the mma.sync kernel (A/B timing).
-// Resources (ptxas -v, sm_90a): __launch_bounds__(512, 1) → ≤ 128 registers; smem sm90_bwd_layout(): N=128, R=4
-// 225,792 B → 1 CTA/SM (16 warps), like the mma.sync kernel.
+// Resources (ptxas -v, sm_90a): __launch_bounds__(512, 1) → 122–128 registers, no spills; smem bwd_sm90_layout():
+// N=128, R=4 226,432 B (with the per-head parameters) → 1 CTA/SM (16 warps), like the mma.sync kernel; N=64, R=4
+// 158,592 B. SASS: HGMMA 64x16x16 and 64x64x16, no HMMA, no LDL/STL.
 #include <cstdint>
 #include <cstdlib>
 #include <string>
@@ -35,7 +36,7 @@ constexpr int kM = 64, kP = 64, kThr = kSm90BwdThreads, kW = kThr / 32;
 
 // Byte offsets from the 1024-aligned base; the wgmma tiles first (multiples of 8 KB, so every tile is aligned).
 struct BwdSm90Layout {
-  uint32_t q, k, v, g, gd, scb, dsb, pm, gm, z, zs, dqf, dkf, dvf, rowa, rowx, xs, sc, total;
+  uint32_t q, k, v, g, gd, scb, dsb, pm, gm, z, zs, dqf, dkf, dvf, rowa, rowx, xs, sc, psi, phi, zeta, qb, kb, total;
 };
 __host__ __device__ inline BwdSm90Layout bwd_sm90_layout(int N, int R) {
   const int Lc = kM / R;
@@ -60,6 +61,13 @@ __host__ __device__ inline BwdSm90Layout bwd_sm90_layout(int N, int R) {
   L.rowx = take(4u * kM);
   L.xs = take(2u * Lc * kP);
   L.sc = take(4u * 16 * kMaxLc + 4u * kThr);  // scalar slots, then the reduction scratch `red`
+  // v13c: the per-head parameters, loaded once (read per chunk as float4: v13a's scalar global loads of them were
+  // the largest stall of the load phase, LSU global-queue throttle)
+  L.psi = take(4u * R * kP);
+  L.phi = take(4u * R * kP);
+  L.zeta = take(4u * R * kP);
+  L.qb = take(4u * R * N);
+  L.kb = take(4u * R * N);
   L.total = o + 1024u;                        // + alignment slack of the dynamic smem base
   return L;
 }
@@ -79,16 +87,15 @@ __device__ __forceinline__ uint32_t pack2(float a, float b) {
 __device__ __forceinline__ uint4 pack8(const float (&x)[8]) {
   return make_uint4(pack2(x[0], x[1]), pack2(x[2], x[3]), pack2(x[4], x[5]), pack2(x[6], x[7]));
 }
-// 8 consecutive fp32 from global memory (read-only path). ldg8a: 16-byte aligned (the angles: checked by the
-// refusal, offsets multiples of 8); ldg8: any 4-byte alignment (the per-head parameters may sit anywhere in the
-// caller's parameter buffers).
+// 8 consecutive fp32, 16-byte aligned: ldg8a from global memory (the angles: alignment checked by the refusal,
+// offsets multiples of 8), lds8 from shared memory (the per-head parameters).
 __device__ __forceinline__ void ldg8a(const float* p, float (&x)[8]) {
   const float4 a = __ldg(reinterpret_cast<const float4*>(p)), b = __ldg(reinterpret_cast<const float4*>(p + 4));
   x[0] = a.x, x[1] = a.y, x[2] = a.z, x[3] = a.w, x[4] = b.x, x[5] = b.y, x[6] = b.z, x[7] = b.w;
 }
-__device__ __forceinline__ void ldg8(const float* p, float (&x)[8]) {
-#pragma unroll
-  for (int e = 0; e < 8; ++e) x[e] = __ldg(p + e);
+__device__ __forceinline__ void lds8(const float* p, float (&x)[8]) {
+  const float4 a = *reinterpret_cast<const float4*>(p), b = *reinterpret_cast<const float4*>(p + 4);
+  x[0] = a.x, x[1] = a.y, x[2] = a.z, x[3] = a.w, x[4] = b.x, x[5] = b.y, x[6] = b.z, x[7] = b.w;
 }
 __device__ __forceinline__ uint64_t desc_add(uint64_t d, uint32_t delta_bytes) { return d + (delta_bytes >> 4); }
 
@@ -111,11 +118,11 @@ __global__ void __launch_bounds__(kThr, 1) mimo_bwd_bwd_sm90_kernel(const KParam
   const int row0 = 16 * ((tid >> 5) & 3) + (lane >> 2), t4 = lane & 3;  // first accumulator row / column pair
   const size_t bh = static_cast<size_t>(b) * d.H + h;
   const int n_ang = d.n_ang;
-  const float* psi = kp.in.psi + static_cast<size_t>(h) * R * kP;
-  const float* phi = kp.in.phi + static_cast<size_t>(h) * R * kP;
-  const float* zeta = kp.in.zeta + static_cast<size_t>(h) * R * kP;
-  const float* qbias = kp.in.q_bias + static_cast<size_t>(h) * R * N_;
-  const float* kbias = kp.in.k_bias + static_cast<size_t>(h) * R * N_;
+  float* psi = reinterpret_cast<float*>(smem + L.psi);
+  float* phi = reinterpret_cast<float*>(smem + L.phi);
+  float* zeta = reinterpret_cast<float*>(smem + L.zeta);
+  float* qbias = reinterpret_cast<float*>(smem + L.qb);
+  float* kbias = reinterpret_cast<float*>(smem + L.kb);
   float* sc = reinterpret_cast<float*>(smem + L.sc);
   float* red = sc + 16 * kMaxLc;
   float* Z = reinterpret_cast<float*>(smem + L.z);
@@ -146,6 +153,7 @@ __global__ void __launch_bounds__(kThr, 1) mimo_bwd_bwd_sm90_kernel(const KParam
 #pragma unroll
   for (int i = 0; i < 32; ++i) dS[i] = 0.f;
   for (int i = tid; i < N_ * kP / 8; i += kThr) reinterpret_cast<uint4*>(smem + L.dsb)[i] = make_uint4(0, 0, 0, 0);
+  load_params<kThr>(kp, h, psi, phi, zeta, qbias, kbias);
   float qb_acc[kQBK], kb_acc[kQBK], psi_acc[kPSK], dd_acc = 0.f;
 #pragma unroll
   for (int k = 0; k < kQBK; ++k) qb_acc[k] = kb_acc[k] = 0.f;
@@ -182,16 +190,16 @@ __global__ void __launch_bounds__(kThr, 1) mimo_bwd_bwd_sm90_kernel(const KParam
       unpack8(__ldg(reinterpret_cast<const uint4*>(kp.in.q + qrow + c2)), q2);
       unpack8(__ldg(reinterpret_cast<const uint4*>(kp.in.k + qrow + c1)), k1);
       unpack8(__ldg(reinterpret_cast<const uint4*>(kp.in.k + qrow + c2)), k2);
-      ldg8(qbias + r * N_ + c1, bq);
+      lds8(qbias + r * N_ + c1, bq);
 #pragma unroll
       for (int e = 0; e < 8; ++e) q1[e] += bq[e];
-      ldg8(qbias + r * N_ + c2, bq);
+      lds8(qbias + r * N_ + c2, bq);
 #pragma unroll
       for (int e = 0; e < 8; ++e) q2[e] += bq[e];
-      ldg8(kbias + r * N_ + c1, bq);
+      lds8(kbias + r * N_ + c1, bq);
 #pragma unroll
       for (int e = 0; e < 8; ++e) k1[e] += bq[e];
-      ldg8(kbias + r * N_ + c2, bq);
+      lds8(kbias + r * N_ + c2, bq);
 #pragma unroll
       for (int e = 0; e < 8; ++e) k2[e] += bq[e];
       if (c1 < n_ang) {
@@ -222,7 +230,7 @@ __global__ void __launch_bounds__(kThr, 1) mimo_bwd_bwd_sm90_kernel(const KParam
       } else {
         float x[8], w[8];
         unpack8(xr, x);
-        ldg8(psi + r * kP + p0, w);
+        lds8(psi + r * kP + p0, w);
 #pragma unroll
         for (int e = 0; e < 8; ++e) x[e] *= w[e];
         *tile16(L.v, i, p0) = pack8(x);
@@ -230,8 +238,8 @@ __global__ void __launch_bounds__(kThr, 1) mimo_bwd_bwd_sm90_kernel(const KParam
       float z[8], go[8], ph[8], zt[8];
       unpack8(__ldg(reinterpret_cast<const uint4*>(kp.in.z + gi)), z);
       unpack8(__ldg(reinterpret_cast<const uint4*>(kp.dout + gi)), go);
-      ldg8(phi + r * kP + p0, ph);
-      ldg8(zeta + r * kP + p0, zt);
+      lds8(phi + r * kP + p0, ph);
+      lds8(zeta + r * kP + p0, zt);
 #pragma unroll
       for (int e = 0; e < 8; ++e) {
         const float u = z[e] * zt[e];
@@ -560,7 +568,7 @@ __global__ void __launch_bounds__(kThr, 1) mimo_bwd_bwd_sm90_kernel(const KParam
 #pragma unroll
         for (int r = 0; r < R; ++r) {
           const float2 dv = *reinterpret_cast<const float2*>(dVf + (s * R + r) * ldvf + p);
-          a0 += dv.x * __ldg(psi + r * kP + p), a1 += dv.y * __ldg(psi + r * kP + p + 1);
+          a0 += dv.x * psi[r * kP + p], a1 += dv.y * psi[r * kP + p + 1];
         }
         st_bf16x2g(kp.dv + ((tok0 + s) * d.H + h) * kP + p, a0, a1);
       }
