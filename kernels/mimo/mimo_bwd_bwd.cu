@@ -21,6 +21,7 @@
 #include <stdexcept>
 
 #include "kernels/common/cuda_check.hpp"
+#include "kernels/mimo/mimo_bwd_tail.cuh"
 #include "kernels/mimo/mimo_common.cuh"
 
 namespace megacpp::mimo::dev {
@@ -30,16 +31,14 @@ namespace megacpp::mimo::dev {
 template <int kBT, int NT>
 __global__ void __launch_bounds__(kBT, 1) mimo_bwd_bwd_kernel(const KParams kp) {
   constexpr int kBW = kBT / 32;
-  constexpr int kQBK = 2048 / kBT;  // bias-partial slots per thread: R·N ≤ 2048
-  constexpr int kPSK = 1024 / kBT;  // dΨ-partial slots per thread: R·P ≤ 1024
   static_assert(kBT <= 2 * kThreads, "red scratch: bwd_layout reserves 2*kThreads floats");
   extern __shared__ __align__(16) unsigned char smem[];
   const MimoDims& d = kp.d;
   const int h = blockIdx.x, b = blockIdx.y;
-  const int N = d.N, P = d.P, R = d.R, M = d.M, Mp = d.Mp, Lc = d.Lc, lR = kp.lR, half = N / 2;
+  const int N = d.N, P = d.P, R = d.R, M = d.M, Mp = d.Mp, Lc = d.Lc, lR = kp.lR;
   const int ldq = N + 8, ldv = P + 8, ldm = Mp + 8, ldz = Mp + 1, ldzs = Lc + 1, ldf = N + 4, ldvf = P + 4;
   const int nqt = N / 16, npt = P / 16, mt = Mp / 16;
-  const int lP = __ffs(P) - 1, lN = __ffs(N) - 1, lhalf = lN - 1, lLc = __ffs(Lc) - 1;
+  const int lP = __ffs(P) - 1, lLc = __ffs(Lc) - 1;
   const int lnqt = __ffs(nqt) - 1, lnpt = __ffs(npt) - 1, lmt = __ffs(mt) - 1;
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const BwdLayout Lo = bwd_layout(N, P, R, Mp, Lc);
@@ -82,11 +81,8 @@ __global__ void __launch_bounds__(kBT, 1) mimo_bwd_bwd_kernel(const KParams kp) 
 #pragma unroll
   for (int k = 0; k < NT; ++k) zero_acc(dS[k]);
   const int ntS = nqt * npt;
-  float qb_acc[kQBK], kb_acc[kQBK], psi_acc[kPSK], dd_acc = 0.f;
-#pragma unroll
-  for (int k = 0; k < kQBK; ++k) qb_acc[k] = kb_acc[k] = 0.f;
-#pragma unroll
-  for (int k = 0; k < kPSK; ++k) psi_acc[k] = 0.f;
+  BwdPartials<kBT> pa;  // the per-(b,h) parameter partials of this thread (mimo_bwd_tail.cuh)
+  pa.zero();
   __syncthreads();
 
   for (int c = d.nc - 1; c >= 0; --c) {
@@ -293,119 +289,24 @@ __global__ void __launch_bounds__(kBT, 1) mimo_bwd_bwd_kernel(const KParams kp) 
     __syncthreads();
     // ---- P3a: per-step row dots; un-rotation of dQ̄/dK̄ and dθ -------------------------------------
     // v5: one warp per step (lanes over the step's R·N/16 and R·P/16 partials, fixed shuffle order) instead of
-    // one thread per step summing them serially.
-#pragma unroll 1
-    for (int s = warp; s < Lc; s += kBW) {
-      float da = 0.f, xs = 0.f;
-      for (int e = lane; e < R * nqt; e += 32) da += rowa[s * R * nqt + e];
-      for (int e = lane; e < R * npt; e += 32) xs += rowx[s * R * npt + e];
-#pragma unroll
-      for (int off = 16; off > 0; off >>= 1) {
-        da += __shfl_xor_sync(0xffffffffu, da, off);
-        xs += __shfl_xor_sync(0xffffffffu, xs, off);
-      }
-      if (lane == 0) {
-        sc[kDA * kMaxLc + s] = da;
-        sc[kXs * kMaxLc + s] = xs;
-      }
-    }
-    // v5: column suffix sums of the step table, Cs[i][j] = Σ_{i' ≥ i} Zs[i'][j] (in the Z region, free after P2),
-    // so that P3b's per-step sums are O(Lc) instead of O(Lc²).
-    if (tid >= kBT - Lc) {
-      const int j = tid - (kBT - Lc);
-      float acc = 0.f;
-      for (int i = Lc - 1; i >= 0; --i) {
-        acc += Zs[i * ldzs + j];
-        Z[i * ldzs + j] = acc;
-      }
-    }
-#pragma unroll 2
-    for (int it = tid; it < Lc * half; it += kBT) {
-      const int s = it >> lhalf, j = it & (half - 1), t = t0 + s;
-      const bool rot = j < d.n_ang;
-      float sn = 0.f, cs = 1.f;
-      if (rot) fast_sincos(__ldg(kp.in.angles + ((static_cast<size_t>(b) * d.S + t) * d.H + h) * d.n_ang + j), &sn, &cs);
-      float dth = 0.f;
-      for (int r = 0; r < R; ++r) {
-        const int i = s * R + r;
-        {
-          const float e1 = dQf[i * ldf + j], e2 = dQf[i * ldf + j + half];
-          const float u1 = __bfloat162float(Qb[i * ldq + j]), u2 = __bfloat162float(Qb[i * ldq + j + half]);
-          dth += e2 * u1 - e1 * u2;
-          dQf[i * ldf + j] = cs * e1 + sn * e2;
-          dQf[i * ldf + j + half] = -sn * e1 + cs * e2;
-        }
-        {
-          const float e1 = dKf[i * ldf + j], e2 = dKf[i * ldf + j + half];
-          const float u1 = __bfloat162float(Kb[i * ldq + j]), u2 = __bfloat162float(Kb[i * ldq + j + half]);
-          dth += e2 * u1 - e1 * u2;
-          dKf[i * ldf + j] = cs * e1 + sn * e2;
-          dKf[i * ldf + j + half] = -sn * e1 + cs * e2;
-        }
-      }
-      if (rot) kp.dangles[((static_cast<size_t>(b) * d.S + t) * d.H + h) * d.n_ang + j] = dth;
-    }
+    // one thread per step summing them serially; the column suffix sums of the step table into the Z region (free
+    // after P2) so that P3b's per-step sums are O(Lc) instead of O(Lc²). Shared with the wgmma kernel:
+    // mimo_bwd_tail.cuh.
+    bwd_step_row_dots<kBT>(rowa, R * nqt, rowx, R * npt, sc, Lc);
+    bwd_step_suffix_sums<kBT>(Zs, Z, Lc, ldzs);
+    bwd_unrotate<kBT>(kp, b, h, t0, dQf, dKf, ldf, N, R, Lc,
+                      [&](int i, int j) { return __bfloat162float(Qb[i * ldq + j]); },
+                      [&](int i, int j) { return __bfloat162float(Kb[i * ldq + j]); });
     __syncthreads();
     // ---- P3b: decay/trapezoid scalar gradients; gradient writes; next dS copy ----------------------
-    if (tid < Lc) {
-      const int s = tid;
-      const float* fac = sc + kFac * kMaxLc;
-      const float* eab = sc + kEAB * kMaxLc;
-      const float* dA = sc + kDA * kMaxLc;
-      const float* Xsum = sc + kXs * kMaxLc;
-      const float* Cs = Z;  // column suffix sums (P3a), row stride ldzs
-      const float dlast = __expf(sc[kWork * kMaxLc]) * sc[kWork * kMaxLc + 1];
-      const float dfac = eab[s] * Xsum[s] + (s + 1 < Lc ? Cs[(s + 1) * ldzs + s] : 0.f);
-      float g = dlast;
-      for (int t = s; t < Lc; ++t) g += dA[t];
-      for (int j = 0; j < s; ++j) g += fac[j] * (eab[j] * Xsum[j] + Cs[s * ldzs + j]);
-      const size_t o = bh * d.S + t0 + s;
-      kp.dadt[o] = g;
-      kp.dfac[o] = dfac;
-      kp.dgam[o] = Zs[s * ldzs + s];
-    }
-    // dQ/dK per value head (bf16) and bias partials
-    for (int it = tid; it < M * half; it += kBT) {
-      const int i = it >> lhalf, n = (it & (half - 1)) * 2, s = i >> lR, r = i & (R - 1);
-      const size_t o = (((static_cast<size_t>(b) * d.S + t0 + s) * R + r) * d.H + h) * N + n;
-      st_bf16x2g(kp.dq_h + o, dQf[i * ldf + n], dQf[i * ldf + n + 1]);
-      st_bf16x2g(kp.dk_h + o, dKf[i * ldf + n], dKf[i * ldf + n + 1]);
-    }
-#pragma unroll
-    for (int k = 0; k < kQBK; ++k) {
-      const int it = tid + kBT * k;
-      if (it < R * N) {
-        const int r = it >> lN, n = it & (N - 1);
-        float sq = 0.f, sk = 0.f;
-        for (int s = 0; s < Lc; ++s) sq += dQf[(s * R + r) * ldf + n], sk += dKf[(s * R + r) * ldf + n];
-        qb_acc[k] += sq;
-        kb_acc[k] += sk;
-      }
-    }
-    // dx and dΨ, dD
-    for (int it = tid; it < Lc * P / 2; it += kBT) {
-      const int s = ((it * 2) >> lP), p = ((it * 2) & (P - 1)), t = t0 + s;
-      float a0 = 0.f, a1 = 0.f;
-      for (int r = 0; r < R; ++r) {
-        const float2 dv = *reinterpret_cast<const float2*>(dVf + (s * R + r) * ldvf + p);
-        a0 += dv.x * psi[r * P + p], a1 += dv.y * psi[r * P + p + 1];
-      }
-      st_bf16x2g(kp.dv + ((static_cast<size_t>(b) * d.S + t) * d.H + h) * P + p, a0, a1);
-    }
-#pragma unroll
-    for (int k = 0; k < kPSK; ++k) {
-      const int it = tid + kBT * k;
-      if (it < R * P) {
-        const int r = it >> lP, p = it & (P - 1);
-        float sacc = 0.f;
-        for (int s = 0; s < Lc; ++s)
-          sacc += dVf[(s * R + r) * ldvf + p] * __bfloat162float(Xs[s * P + p]);
-        psi_acc[k] += sacc;
-      }
-    }
+    bwd_step_scalar_grads(kp, bh, t0, sc, Z, Zs, ldzs, Lc);
+    bwd_write_dqdk<kBT>(kp, b, h, t0, dQf, dKf, ldf, N, R, M);
+    bwd_bias_partials<kBT>(pa.qb, pa.kb, dQf, dKf, ldf, N, R, Lc);
+    bwd_write_dx<kBT>(kp, b, h, t0, dVf, ldvf, psi, P, R, Lc);
+    bwd_psi_partials<kBT>(pa.psi, dVf, ldvf, reinterpret_cast<const bf16_bits*>(Xs), P, R, Lc);
     for (int it = tid; it < M * P; it += kBT) {
       const int i = it >> lP, p = it & (P - 1);
-      dd_acc += __bfloat162float(Gs[i * ldv + p]) * __bfloat162float(V[i * ldv + p]);
+      pa.dd += __bfloat162float(Gs[i * ldv + p]) * __bfloat162float(V[i * ldv + p]);
     }
 #pragma unroll
     for (int k = 0; k < NT; ++k) {
@@ -424,29 +325,7 @@ __global__ void __launch_bounds__(kBT, 1) mimo_bwd_bwd_kernel(const KParams kp) 
     __syncthreads();
   }
 
-  // per-(b,h) partials: each (r,n)/(r,p) element is owned by exactly one thread; dD reduced in fixed order.
-#pragma unroll
-  for (int k = 0; k < kQBK; ++k) {
-    const int it = tid + kBT * k;
-    if (it < R * N) {
-      kp.p_dqb[bh * R * N + it] = qb_acc[k];
-      kp.p_dkb[bh * R * N + it] = kb_acc[k];
-    }
-  }
-#pragma unroll
-  for (int k = 0; k < kPSK; ++k) {
-    const int it = tid + kBT * k;
-    if (it < R * P) kp.p_dpsi[bh * R * P + it] = psi_acc[k];
-  }
-  red[tid] = dd_acc;
-  __syncthreads();
-  if (warp == 0) {
-    float s = 0.f;
-    for (int q = 0; q < kBT / 32; ++q) s += red[lane * (kBT / 32) + q];
-#pragma unroll
-    for (int off = 16; off > 0; off >>= 1) s += __shfl_xor_sync(0xffffffffu, s, off);
-    if (lane == 0) kp.p_dd[bh] = s;
-  }
+  bwd_store_partials<kBT>(kp, bh, pa, red);
 }
 
 }  // namespace megacpp::mimo::dev

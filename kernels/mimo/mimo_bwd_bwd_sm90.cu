@@ -28,7 +28,9 @@
 
 #include "kernels/common/cuda_check.hpp"
 #include "kernels/common/wgmma_sm90.cuh"
+#include "kernels/mimo/mimo_bwd_tail.cuh"
 #include "kernels/mimo/mimo_common.cuh"
+#include "kernels/mimo/mimo_sm90_common.cuh"
 
 namespace megacpp::mimo::dev::sm90b {
 
@@ -72,21 +74,7 @@ __host__ __device__ inline BwdSm90Layout bwd_sm90_layout(int N, int R) {
   return L;
 }
 
-__device__ __forceinline__ void cp16(uint32_t saddr, const void* g) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(saddr), "l"(g));
-}
-__device__ __forceinline__ void unpack8(const uint4 u, float (&x)[8]) {
-  const uint32_t w[4] = {u.x, u.y, u.z, u.w};
-#pragma unroll
-  for (int j = 0; j < 4; ++j) x[2 * j] = __uint_as_float(w[j] << 16), x[2 * j + 1] = __uint_as_float(w[j] & 0xffff0000u);
-}
-__device__ __forceinline__ uint32_t pack2(float a, float b) {
-  __nv_bfloat162 v = __floats2bfloat162_rn(a, b);
-  return *reinterpret_cast<uint32_t*>(&v);
-}
-__device__ __forceinline__ uint4 pack8(const float (&x)[8]) {
-  return make_uint4(pack2(x[0], x[1]), pack2(x[2], x[3]), pack2(x[4], x[5]), pack2(x[6], x[7]));
-}
+using sm90::cp16, sm90::unpack8, sm90::pack2, sm90::pack8, sm90::add8, sm90::desc_add;  // mimo_sm90_common.cuh
 // 8 consecutive fp32, 16-byte aligned: ldg8a from global memory (the angles: alignment checked by the refusal,
 // offsets multiples of 8), lds8 from shared memory (the per-head parameters).
 __device__ __forceinline__ void ldg8a(const float* p, float (&x)[8]) {
@@ -97,15 +85,13 @@ __device__ __forceinline__ void lds8(const float* p, float (&x)[8]) {
   const float4 a = *reinterpret_cast<const float4*>(p), b = *reinterpret_cast<const float4*>(p + 4);
   x[0] = a.x, x[1] = a.y, x[2] = a.z, x[3] = a.w, x[4] = b.x, x[5] = b.y, x[6] = b.z, x[7] = b.w;
 }
-__device__ __forceinline__ uint64_t desc_add(uint64_t d, uint32_t delta_bytes) { return d + (delta_bytes >> 4); }
 
 template <int N_, int R_>
 __global__ void __launch_bounds__(kThr, 1) mimo_bwd_bwd_sm90_kernel(const KParams kp) {
   using namespace megacpp::wgmma;
   static_assert(N_ == 64 || N_ == 128, "mimo_bwd_bwd_sm90: N in {64,128}");
   constexpr int R = R_, lR = R == 1 ? 0 : R == 2 ? 1 : R == 4 ? 2 : 3, Lc = kM / R, lLc = 6 - lR;
-  constexpr int NB = N_ / 64, half = N_ / 2, lhalf = N_ == 128 ? 6 : 5, lN = lhalf + 1;
-  constexpr int kQBK = 2048 / kThr, kPSK = 1024 / kThr;  // bias / dΨ partial slots per thread (R·N ≤ 2048, R·P ≤ 1024)
+  constexpr int NB = N_ / 64, half = N_ / 2;
   constexpr int ldf = N_ + 4, ldvf = kP + 4, ldz = kM + 1, ldzs = Lc + 1;
   extern __shared__ __align__(1024) unsigned char smem_raw[];
   const uint32_t s0 = smem_addr(smem_raw);
@@ -154,11 +140,8 @@ __global__ void __launch_bounds__(kThr, 1) mimo_bwd_bwd_sm90_kernel(const KParam
   for (int i = 0; i < 32; ++i) dS[i] = 0.f;
   for (int i = tid; i < N_ * kP / 8; i += kThr) reinterpret_cast<uint4*>(smem + L.dsb)[i] = make_uint4(0, 0, 0, 0);
   load_params<kThr>(kp, h, psi, phi, zeta, qbias, kbias);
-  float qb_acc[kQBK], kb_acc[kQBK], psi_acc[kPSK], dd_acc = 0.f;
-#pragma unroll
-  for (int k = 0; k < kQBK; ++k) qb_acc[k] = kb_acc[k] = 0.f;
-#pragma unroll
-  for (int k = 0; k < kPSK; ++k) psi_acc[k] = 0.f;
+  BwdPartials<kThr> pa;  // the per-(b,h) parameter partials of this thread (mimo_bwd_tail.cuh)
+  pa.zero();
   fence_proxy_async();
   __syncthreads();
 
@@ -185,23 +168,13 @@ __global__ void __launch_bounds__(kThr, 1) mimo_bwd_bwd_sm90_kernel(const KParam
     if (tid < kM * (N_ / 16)) {
       const int i = tid / (N_ / 16), cc = tid % (N_ / 16), s = i >> lR, r = i & (R - 1), c1 = 8 * cc, c2 = c1 + half;
       const size_t qrow = ((tok0 + s) * R * d.G + static_cast<size_t>(r) * d.G + g_) * N_;
-      float q1[8], q2[8], k1[8], k2[8], bq[8];
+      float q1[8], q2[8], k1[8], k2[8];
       unpack8(__ldg(reinterpret_cast<const uint4*>(kp.in.q + qrow + c1)), q1);
       unpack8(__ldg(reinterpret_cast<const uint4*>(kp.in.q + qrow + c2)), q2);
       unpack8(__ldg(reinterpret_cast<const uint4*>(kp.in.k + qrow + c1)), k1);
       unpack8(__ldg(reinterpret_cast<const uint4*>(kp.in.k + qrow + c2)), k2);
-      lds8(qbias + r * N_ + c1, bq);
-#pragma unroll
-      for (int e = 0; e < 8; ++e) q1[e] += bq[e];
-      lds8(qbias + r * N_ + c2, bq);
-#pragma unroll
-      for (int e = 0; e < 8; ++e) q2[e] += bq[e];
-      lds8(kbias + r * N_ + c1, bq);
-#pragma unroll
-      for (int e = 0; e < 8; ++e) k1[e] += bq[e];
-      lds8(kbias + r * N_ + c2, bq);
-#pragma unroll
-      for (int e = 0; e < 8; ++e) k2[e] += bq[e];
+      add8(q1, qbias + r * N_ + c1), add8(q2, qbias + r * N_ + c2);
+      add8(k1, kbias + r * N_ + c1), add8(k2, kbias + r * N_ + c2);
       if (c1 < n_ang) {
         float th[8];
         ldg8a(kp.in.angles + ((tok0 + s) * d.H + h) * n_ang + c1, th);
@@ -331,30 +304,65 @@ __global__ void __launch_bounds__(kThr, 1) mimo_bwd_bwd_sm90_kernel(const KParam
     };
     // per-row scale factor·e^{ā} of the dK̄ / dV state terms
     auto row_w = [&](int row) { const int s = row >> lR; return sc[kFac * kMaxLc + s] * sc[kEAB * kMaxLc + s]; };
-    if (wg == 0) {  // dQ̄, one 64-column block at a time
+    // Accumulator helpers (m64n64 fragment: rows row0 + 8·hh, columns 8·q + 2·t4 (+1) at i = 4q + 2hh (+1)).
+    // row_dot: Σ over this block's 64 columns of tile[row][col0 + c]·acc (Σ over the quad by shuffles, fixed order)
+    auto row_dot = [&](const float(&acc)[32], const bf16_bits* tile, int hh, int col0) {
+      const int row = row0 + 8 * hh;
+      float part = 0.f;
+#pragma unroll
+      for (int q = 0; q < 8; ++q) {
+        const int i = 4 * q + 2 * hh;
+        const float2 u = ld_bf16x2(tile + sw128_offset<kM>(row, col0 + 8 * q + 2 * t4));
+        part += u.x * acc[i] + u.y * acc[i + 1];
+      }
+      part += __shfl_xor_sync(0xffffffffu, part, 1);
+      return part + __shfl_xor_sync(0xffffffffu, part, 2);
+    };
+    auto scale_row = [&](float(&acc)[32], int hh) {  // × factor·e^{ā} of the row's step
+      const float w = row_w(row0 + 8 * hh);
+#pragma unroll
+      for (int q = 0; q < 8; ++q) acc[4 * q + 2 * hh] *= w, acc[4 * q + 2 * hh + 1] *= w;
+    };
+    auto store_f32 = [&](const float(&acc)[32], float* dst, int ld, int col0) {
+#pragma unroll
+      for (int q = 0; q < 8; ++q)
+#pragma unroll
+        for (int hh = 0; hh < 2; ++hh) {
+          const int row = row0 + 8 * hh, col = col0 + 8 * q + 2 * t4, i = 4 * q + 2 * hh;
+          *reinterpret_cast<float2*>(dst + row * ld + col) = make_float2(acc[i], acc[i + 1]);
+        }
+    };
+    auto issue_ds = [&](int blk) {  // dS block ← e^{a_last}·dS + Q̄ᵀ·Gd (committed, not waited for)
+      const float el = __expf(sc[kWork * kMaxLc]);
+#pragma unroll
+      for (int i = 0; i < 32; ++i) dS[i] *= el;
+      wgmma_fence();
+#pragma unroll
+      for (int kk = 0; kk < kM / 16; ++kk)
+        wgmma_m64n64k16_ss<1, 1>(dS, desc_add(dMN, L.q + blk * kM * 128 + kk * 2048), desc_add(dMN, L.gd + kk * 2048), 1);
+      wgmma_commit();
+    };
+    // the first product of dQ̄ / dK̄ block nb: acc = A·Bᵀ with both K-major, K = P (waited for)
+    auto first_product = [&](float(&acc)[32], uint32_t a, uint32_t bt) {
+      wgmma_fence();
+#pragma unroll
+      for (int kk = 0; kk < kP / 16; ++kk)
+        wgmma_m64n64k16_ss<0>(acc, desc_add(dK, a + kmaj(kk)), desc_add(dK, bt + kmaj(kk)), kk > 0);
+      wgmma_commit();
+      wgmma_wait<0>();
+      reg_fence(acc);
+    };
+    // (one branch per warpgroup, each wgmma on straight-line code: a wgmma under a thread-dependent branch inside
+    // a warpgroup's code makes ptxas serialise them all, C7520)
+    if (wg == 0) {  // dQ̄ = Gd·S_cᵀ (row dots with Q̄) + Gm·K̄, one 64-column block at a time
 #pragma unroll 1
       for (int nb = 0; nb < NB; ++nb) {
         float acc[32];
-        wgmma_fence();
+        first_product(acc, L.gd, L.scb + nb * 64 * 128);
 #pragma unroll
-        for (int kk = 0; kk < kP / 16; ++kk)
-          wgmma_m64n64k16_ss<0>(acc, desc_add(dK, L.gd + kmaj(kk)), desc_add(dK, L.scb + nb * 64 * 128 + kmaj(kk)), kk > 0);
-        wgmma_commit();
-        wgmma_wait<0>();
-        reg_fence(acc);
-#pragma unroll
-        for (int hh = 0; hh < 2; ++hh) {  // row dots Q̄·(Gd·S_cᵀ) of this block
-          const int row = row0 + 8 * hh;
-          float part = 0.f;
-#pragma unroll
-          for (int q = 0; q < 8; ++q) {
-            const int col = 64 * nb + 8 * q + 2 * t4, i = 4 * q + 2 * hh;
-            const float2 u = ld_bf16x2(Qt + sw128_offset<kM>(row, col));
-            part += u.x * acc[i] + u.y * acc[i + 1];
-          }
-          part += __shfl_xor_sync(0xffffffffu, part, 1);
-          part += __shfl_xor_sync(0xffffffffu, part, 2);
-          if (t4 == 0) rowa[row * NB + nb] = part;
+        for (int hh = 0; hh < 2; ++hh) {
+          const float part = row_dot(acc, Qt, hh, 64 * nb);
+          if (t4 == 0) rowa[(row0 + 8 * hh) * NB + nb] = part;
         }
         wgmma_fence();
 #pragma unroll
@@ -363,31 +371,15 @@ __global__ void __launch_bounds__(kThr, 1) mimo_bwd_bwd_sm90_kernel(const KParam
         wgmma_commit();
         wgmma_wait<0>();
         reg_fence(acc);
-#pragma unroll
-        for (int q = 0; q < 8; ++q)
-#pragma unroll
-          for (int hh = 0; hh < 2; ++hh) {
-            const int row = row0 + 8 * hh, col = 64 * nb + 8 * q + 2 * t4, i = 4 * q + 2 * hh;
-            *reinterpret_cast<float2*>(dQf + row * ldf + col) = make_float2(acc[i], acc[i + 1]);
-          }
+        store_f32(acc, dQf, ldf, 64 * nb);
       }
-    } else if (wg == 1) {  // dK̄
+    } else if (wg == 1) {  // dK̄ = factor·e^{ā}·V·dSᵀ + Gmᵀ·Q̄
 #pragma unroll 1
       for (int nb = 0; nb < NB; ++nb) {
         float acc[32];
-        wgmma_fence();
-#pragma unroll
-        for (int kk = 0; kk < kP / 16; ++kk)
-          wgmma_m64n64k16_ss<0>(acc, desc_add(dK, L.v + kmaj(kk)), desc_add(dK, L.dsb + nb * 64 * 128 + kmaj(kk)), kk > 0);
-        wgmma_commit();
-        wgmma_wait<0>();
-        reg_fence(acc);
-#pragma unroll
-        for (int hh = 0; hh < 2; ++hh) {
-          const float w = row_w(row0 + 8 * hh);
-#pragma unroll
-          for (int q = 0; q < 8; ++q) acc[4 * q + 2 * hh] *= w, acc[4 * q + 2 * hh + 1] *= w;
-        }
+        first_product(acc, L.v, L.dsb + nb * 64 * 128);
+        scale_row(acc, 0);
+        scale_row(acc, 1);
         wgmma_fence();
 #pragma unroll
         for (int kk = 0; kk < kM / 16; ++kk)
@@ -395,27 +387,14 @@ __global__ void __launch_bounds__(kThr, 1) mimo_bwd_bwd_sm90_kernel(const KParam
         wgmma_commit();
         wgmma_wait<0>();
         reg_fence(acc);
-#pragma unroll
-        for (int q = 0; q < 8; ++q)
-#pragma unroll
-          for (int hh = 0; hh < 2; ++hh) {
-            const int row = row0 + 8 * hh, col = 64 * nb + 8 * q + 2 * t4, i = 4 * q + 2 * hh;
-            *reinterpret_cast<float2*>(dKf + row * ldf + col) = make_float2(acc[i], acc[i + 1]);
-          }
+        store_f32(acc, dKf, ldf, 64 * nb);
       }
-    } else if (wg == 2) {  // dS block 0 ← e^{a_last}·dS + Q̄ᵀ·Gd; then the step sums
-      const float el = __expf(sc[kWork * kMaxLc]);
-#pragma unroll
-      for (int i = 0; i < 32; ++i) dS[i] *= el;
-      wgmma_fence();
-#pragma unroll
-      for (int kk = 0; kk < kM / 16; ++kk)
-        wgmma_m64n64k16_ss<1, 1>(dS, desc_add(dMN, L.q + kk * 2048), desc_add(dMN, L.gd + kk * 2048), 1);
-      wgmma_commit();
+    } else if (wg == 2) {  // dS block 0; then the step sums
+      issue_ds(0);
       wgmma_wait<0>();
       reg_fence(dS);
       side_work();
-    } else {  // warpgroup 3: dV; at N = 128 also dS block 1
+    } else {  // warpgroup 3: dV = w·K̄·dS (row dots) + Pmᵀ·g + D·g; at N = 128 also dS block 1
       float acc[32];
       wgmma_fence();
 #pragma unroll
@@ -423,35 +402,17 @@ __global__ void __launch_bounds__(kThr, 1) mimo_bwd_bwd_sm90_kernel(const KParam
         wgmma_m64n64k16_ss<1>(acc, desc_add(dK, L.k + kmaj(kk)), desc_add(dMN, L.dsb + kk * 2048), kk > 0);
       wgmma_commit();
       if constexpr (N_ == 128) {
-        const float el = __expf(sc[kWork * kMaxLc]);
-#pragma unroll
-        for (int i = 0; i < 32; ++i) dS[i] *= el;
-        wgmma_fence();
-#pragma unroll
-        for (int kk = 0; kk < kM / 16; ++kk)
-          wgmma_m64n64k16_ss<1, 1>(dS, desc_add(dMN, L.q + kM * 128 + kk * 2048), desc_add(dMN, L.gd + kk * 2048), 1);
-        wgmma_commit();
+        issue_ds(1);
         wgmma_wait<1>();
       } else {
         wgmma_wait<0>();
       }
       reg_fence(acc);
 #pragma unroll
-      for (int hh = 0; hh < 2; ++hh) {  // row dots V·(K̄·dS), then the factor·e^{ā} scale
-        const int row = row0 + 8 * hh;
-        float part = 0.f;
-#pragma unroll
-        for (int q = 0; q < 8; ++q) {
-          const int col = 8 * q + 2 * t4, i = 4 * q + 2 * hh;
-          const float2 u = ld_bf16x2(Vt + sw128_offset<kM>(row, col));
-          part += u.x * acc[i] + u.y * acc[i + 1];
-        }
-        part += __shfl_xor_sync(0xffffffffu, part, 1);
-        part += __shfl_xor_sync(0xffffffffu, part, 2);
-        if (t4 == 0) rowx[row] = part;
-        const float w = row_w(row);
-#pragma unroll
-        for (int q = 0; q < 8; ++q) acc[4 * q + 2 * hh] *= w, acc[4 * q + 2 * hh + 1] *= w;
+      for (int hh = 0; hh < 2; ++hh) {
+        const float part = row_dot(acc, Vt, hh, 0);
+        if (t4 == 0) rowx[row0 + 8 * hh] = part;
+        scale_row(acc, hh);
       }
       wgmma_fence();
 #pragma unroll
@@ -465,131 +426,34 @@ __global__ void __launch_bounds__(kThr, 1) mimo_bwd_bwd_sm90_kernel(const KParam
       for (int q = 0; q < 8; ++q)
 #pragma unroll
         for (int hh = 0; hh < 2; ++hh) {
-          const int row = row0 + 8 * hh, col = 8 * q + 2 * t4, i = 4 * q + 2 * hh;
-          const float2 g2 = ld_bf16x2(Gt + sw128_offset<kM>(row, col));
-          *reinterpret_cast<float2*>(dVf + row * ldvf + col) = make_float2(acc[i] + Dh * g2.x, acc[i + 1] + Dh * g2.y);
+          const float2 g2 = ld_bf16x2(Gt + sw128_offset<kM>(row0 + 8 * hh, 8 * q + 2 * t4));
+          acc[4 * q + 2 * hh] += Dh * g2.x, acc[4 * q + 2 * hh + 1] += Dh * g2.y;
         }
+      store_f32(acc, dVf, ldvf, 0);
     }
     __syncthreads();  // (3)
 
     // ---- P3a: per-step row dots; column suffix sums of the step table; un-rotation of dQ̄/dK̄ and dθ ----------
-#pragma unroll 1
-    for (int s = warp; s < Lc; s += kW) {
-      float da = 0.f, xs = 0.f;
-      for (int e = lane; e < R * NB; e += 32) da += rowa[s * R * NB + e];
-      for (int e = lane; e < R; e += 32) xs += rowx[s * R + e];
-#pragma unroll
-      for (int off = 16; off > 0; off >>= 1) {
-        da += __shfl_xor_sync(0xffffffffu, da, off);
-        xs += __shfl_xor_sync(0xffffffffu, xs, off);
-      }
-      if (lane == 0) {
-        sc[kDA * kMaxLc + s] = da;
-        sc[kXs * kMaxLc + s] = xs;
-      }
-    }
-    if (tid >= kThr - Lc) {  // Cs[i][j] = Σ_{i' ≥ i} Zs[i'][j] into the Z region (free after P2)
-      const int j = tid - (kThr - Lc);
-      float acc = 0.f;
-      for (int i = Lc - 1; i >= 0; --i) {
-        acc += Zs[i * ldzs + j];
-        Z[i * ldzs + j] = acc;
-      }
-    }
-#pragma unroll 2
-    for (int it = tid; it < Lc * half; it += kThr) {
-      const int s = it >> lhalf, j = it & (half - 1), t = t0 + s;
-      const bool rot = j < n_ang;
-      float sn = 0.f, cs = 1.f;
-      if (rot) fast_sincos(__ldg(kp.in.angles + ((tok0 + s) * d.H + h) * n_ang + j), &sn, &cs);
-      float dth = 0.f;
-#pragma unroll
-      for (int r = 0; r < R; ++r) {
-        const int i = s * R + r;
-        {
-          const float e1 = dQf[i * ldf + j], e2 = dQf[i * ldf + j + half];
-          const float u1 = bf2f(Qt[sw128_offset<kM>(i, j)]), u2 = bf2f(Qt[sw128_offset<kM>(i, j + half)]);
-          dth += e2 * u1 - e1 * u2;
-          dQf[i * ldf + j] = cs * e1 + sn * e2;
-          dQf[i * ldf + j + half] = -sn * e1 + cs * e2;
-        }
-        {
-          const float e1 = dKf[i * ldf + j], e2 = dKf[i * ldf + j + half];
-          const float u1 = bf2f(Kt[sw128_offset<kM>(i, j)]), u2 = bf2f(Kt[sw128_offset<kM>(i, j + half)]);
-          dth += e2 * u1 - e1 * u2;
-          dKf[i * ldf + j] = cs * e1 + sn * e2;
-          dKf[i * ldf + j + half] = -sn * e1 + cs * e2;
-        }
-      }
-      if (rot) kp.dangles[((static_cast<size_t>(b) * d.S + t) * d.H + h) * n_ang + j] = dth;
-    }
+    bwd_step_row_dots<kThr>(rowa, R * NB, rowx, R, sc, Lc);
+    bwd_step_suffix_sums<kThr>(Zs, Z, Lc, ldzs);  // Cs into the Z region (free after P2)
+    bwd_unrotate<kThr>(kp, b, h, t0, dQf, dKf, ldf, N_, R, Lc,
+                       [&](int i, int j) { return bf2f(Qt[sw128_offset<kM>(i, j)]); },
+                       [&](int i, int j) { return bf2f(Kt[sw128_offset<kM>(i, j)]); });
     __syncthreads();  // (4)
 
     // ---- P3b: decay/trapezoid scalar gradients; gradient writes; partials; bf16 dS for the next chunk ------------
-    if (tid < Lc) {
-      const int s = tid;
-      const float* fac = sc + kFac * kMaxLc;
-      const float* eab = sc + kEAB * kMaxLc;
-      const float* dA = sc + kDA * kMaxLc;
-      const float* Xsum = sc + kXs * kMaxLc;
-      const float* Cs = Z;
-      const float dlast = __expf(sc[kWork * kMaxLc]) * sc[kWork * kMaxLc + 1];
-      const float dfac = eab[s] * Xsum[s] + (s + 1 < Lc ? Cs[(s + 1) * ldzs + s] : 0.f);
-      float gsum = dlast;
-      for (int t = s; t < Lc; ++t) gsum += dA[t];
-      for (int j = 0; j < s; ++j) gsum += fac[j] * (eab[j] * Xsum[j] + Cs[s * ldzs + j]);
-      const size_t o = bh * d.S + t0 + s;
-      kp.dadt[o] = gsum;
-      kp.dfac[o] = dfac;
-      kp.dgam[o] = Zs[s * ldzs + s];
-    }
-#pragma unroll 2
-    for (int it = tid; it < kM * half; it += kThr) {  // dQ/dK per value head (bf16)
-      const int i = it >> lhalf, n = (it & (half - 1)) * 2, s = i >> lR, r = i & (R - 1);
-      const size_t o = (((tok0 + s) * R + r) * d.H + h) * N_ + n;
-      st_bf16x2g(kp.dq_h + o, dQf[i * ldf + n], dQf[i * ldf + n + 1]);
-      st_bf16x2g(kp.dk_h + o, dKf[i * ldf + n], dKf[i * ldf + n + 1]);
-    }
-#pragma unroll
-    for (int k = 0; k < kQBK; ++k) {
-      const int it = tid + kThr * k;
-      if (it < R * N_) {
-        const int r = it >> lN, n = it & (N_ - 1);
-        float sq = 0.f, sk = 0.f;
-        for (int s = 0; s < Lc; ++s) sq += dQf[(s * R + r) * ldf + n], sk += dKf[(s * R + r) * ldf + n];
-        qb_acc[k] += sq;
-        kb_acc[k] += sk;
-      }
-    }
-    for (int it = tid; it < Lc * 32; it += kThr) {  // dx = Σ_r dV·Ψ: item (step, column pair)
-      const int s = it >> 5, p = 2 * (it & 31);
-      {
-        float a0 = 0.f, a1 = 0.f;
-#pragma unroll
-        for (int r = 0; r < R; ++r) {
-          const float2 dv = *reinterpret_cast<const float2*>(dVf + (s * R + r) * ldvf + p);
-          a0 += dv.x * psi[r * kP + p], a1 += dv.y * psi[r * kP + p + 1];
-        }
-        st_bf16x2g(kp.dv + ((tok0 + s) * d.H + h) * kP + p, a0, a1);
-      }
-    }
-#pragma unroll
-    for (int k = 0; k < kPSK; ++k) {
-      const int it = tid + kThr * k;
-      if (it < R * kP) {
-        const int r = it >> 6, p = it & (kP - 1);
-        float sacc = 0.f;
-        for (int s = 0; s < Lc; ++s) sacc += dVf[(s * R + r) * ldvf + p] * bf2f(Xs[s * kP + p]);
-        psi_acc[k] += sacc;
-      }
-    }
+    bwd_step_scalar_grads(kp, bh, t0, sc, Z, Zs, ldzs, Lc);
+    bwd_write_dqdk<kThr>(kp, b, h, t0, dQf, dKf, ldf, N_, R, kM);
+    bwd_bias_partials<kThr>(pa.qb, pa.kb, dQf, dKf, ldf, N_, R, Lc);
+    bwd_write_dx<kThr>(kp, b, h, t0, dVf, ldvf, psi, kP, R, Lc);
+    bwd_psi_partials<kThr>(pa.psi, dVf, ldvf, Xs, kP, R, Lc);
     {  // dD partial: Σ g∘V, item (row, 8 columns)
       const int i = tid >> 3, p0 = 8 * (tid & 7);
       float x[8], y[8];
       unpack8(*tile16(L.g, i, p0), x);
       unpack8(*tile16(L.v, i, p0), y);
 #pragma unroll
-      for (int e = 0; e < 8; ++e) dd_acc += x[e] * y[e];
+      for (int e = 0; e < 8; ++e) pa.dd += x[e] * y[e];
     }
     if (owns_ds) {  // bf16(dS) → the swizzled [N][64] tile (B operand of the next chunk's dK̄ and dV)
 #pragma unroll
@@ -604,43 +468,13 @@ __global__ void __launch_bounds__(kThr, 1) mimo_bwd_bwd_sm90_kernel(const KParam
     __syncthreads();  // (5)
   }
 
-  // per-(b,h) partials: each (r,n)/(r,p) element is owned by exactly one thread; dD reduced in fixed order
-#pragma unroll
-  for (int k = 0; k < kQBK; ++k) {
-    const int it = tid + kThr * k;
-    if (it < R * N_) {
-      kp.p_dqb[bh * R * N_ + it] = qb_acc[k];
-      kp.p_dkb[bh * R * N_ + it] = kb_acc[k];
-    }
-  }
-#pragma unroll
-  for (int k = 0; k < kPSK; ++k) {
-    const int it = tid + kThr * k;
-    if (it < R * kP) kp.p_dpsi[bh * R * kP + it] = psi_acc[k];
-  }
-  red[tid] = dd_acc;
-  __syncthreads();
-  if (warp == 0) {
-    float s = 0.f;
-    for (int q = 0; q < kW; ++q) s += red[lane * kW + q];
-#pragma unroll
-    for (int off = 16; off > 0; off >>= 1) s += __shfl_xor_sync(0xffffffffu, s, off);
-    if (lane == 0) kp.p_dd[bh] = s;
-  }
+  bwd_store_partials<kThr>(kp, bh, pa, red);
 }
 
 }  // namespace megacpp::mimo::dev::sm90b
 
 namespace megacpp::mimo::dev {
 namespace {
-bool aligned16b(const void* p) { return (reinterpret_cast<std::uintptr_t>(p) & 15u) == 0; }
-bool forced_off_b() {
-  static const bool off = [] {
-    const char* e = std::getenv("MEGACPP_MIMO_SM90");
-    return e != nullptr && std::string(e) == "0";
-  }();
-  return off;
-}
 template <class Do>
 auto with_bwd_kernel(const MimoDims& d, Do&& f) {
   using sm90b::mimo_bwd_bwd_sm90_kernel;
@@ -663,23 +497,14 @@ auto with_bwd_kernel(const MimoDims& d, Do&& f) {
 
 std::size_t sm90_bwd_bwd_smem(const MimoDims& d) { return sm90b::bwd_sm90_layout(d.N, d.R).total; }
 std::string sm90_bwd_bwd_refusal(const MimoDims& d) {
-  if (forced_off_b()) return "MEGACPP_MIMO_SM90=0";
-  if (d.M != 64) return "M=Lc*R=" + std::to_string(d.M) + " (needs 64)";
-  if (d.P != 64) return "P=" + std::to_string(d.P) + " (needs 64)";
-  if (d.N != 64 && d.N != 128) return "N=" + std::to_string(d.N) + " (needs 64 or 128)";
-  if (d.n_ang < 8 || (d.n_ang & (d.n_ang - 1)) != 0)
-    return "n_ang=" + std::to_string(d.n_ang) + " (needs a power of two >= 8)";
+  if (std::string r = sm90_shape_refusal(d); !r.empty()) return r;
   if (sm90_bwd_bwd_smem(d) > kSmemLimit) return "shared memory " + std::to_string(sm90_bwd_bwd_smem(d)) + " B";
   return {};
 }
 std::string sm90_bwd_bwd_refusal(const KParams& kp) {
-  std::string r = sm90_bwd_bwd_refusal(kp.d);
-  if (!r.empty()) return r;
-  const MimoFwdArgs& a = kp.in;
-  if (!aligned16b(a.q) || !aligned16b(a.k) || !aligned16b(a.v) || !aligned16b(a.z) || !aligned16b(a.angles) ||
-      !aligned16b(kp.dout) || !aligned16b(kp.states) || (a.psiv_cache && !aligned16b(a.psiv_cache)))
-    return "a q/k/v/z/angles/dout/states pointer is not 16-byte aligned";
-  return {};
+  if (std::string r = sm90_bwd_bwd_refusal(kp.d); !r.empty()) return r;
+  if (!aligned16(kp.states)) return "the states pointer is not 16-byte aligned";
+  return sm90_inputs_refusal(kp, true);
 }
 const void* sm90_bwd_bwd_kernel_ptr(const MimoDims& d) {
   return with_bwd_kernel(d, [](auto kern) { return reinterpret_cast<const void*>(kern); });

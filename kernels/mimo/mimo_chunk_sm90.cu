@@ -10,15 +10,14 @@
 #include "kernels/mimo/mimo_chunk_sm90.cuh"
 
 namespace megacpp::mimo::dev {
-namespace {
-bool aligned16(const void* p) { return (reinterpret_cast<std::uintptr_t>(p) & 15u) == 0; }
-bool forced_off() {
+bool sm90_forced_off() {
   static const bool off = [] {
     const char* e = std::getenv("MEGACPP_MIMO_SM90");
     return e != nullptr && std::string(e) == "0";
   }();
   return off;
 }
+namespace {
 // B·H ≤ the SM count: every CTA has an SM to itself, so R = 4 (the models' rank) gets an instance built for one CTA
 // per SM (__launch_bounds__(256, 1): up to 255 registers instead of 128, no spills, loads in flight together).
 bool one_cta_per_sm(const MimoDims& d) {
@@ -49,25 +48,31 @@ auto with_kernel(const MimoDims& d, bool bwd, Do&& f) {
 }
 }  // namespace
 
-std::string sm90_refusal(const MimoDims& d, bool bwd, bool psiv_read) {
-  if (forced_off()) return "MEGACPP_MIMO_SM90=0";
+std::string sm90_shape_refusal(const MimoDims& d) {
+  if (sm90_forced_off()) return "MEGACPP_MIMO_SM90=0";
   if (d.M != 64) return "M=Lc*R=" + std::to_string(d.M) + " (needs 64)";
   if (d.P != 64) return "P=" + std::to_string(d.P) + " (needs 64)";
   if (d.N != 64 && d.N != 128) return "N=" + std::to_string(d.N) + " (needs 64 or 128)";
   if (d.n_ang < 8 || (d.n_ang & (d.n_ang - 1)) != 0)
     return "n_ang=" + std::to_string(d.n_ang) + " (needs a power of two >= 8)";
+  return {};
+}
+std::string sm90_inputs_refusal(const KParams& kp, bool with_dout) {
+  const MimoFwdArgs& a = kp.in;
+  if (!aligned16(a.q) || !aligned16(a.k) || !aligned16(a.v) || !aligned16(a.z) || !aligned16(a.angles) ||
+      (with_dout && !aligned16(kp.dout)) || (a.psiv_cache && !aligned16(a.psiv_cache)))
+    return "a q/k/v/z/angles/dout/psiv pointer is not 16-byte aligned";
+  return {};
+}
+std::string sm90_refusal(const MimoDims& d, bool bwd, bool psiv_read) {
+  if (std::string r = sm90_shape_refusal(d); !r.empty()) return r;
   if (bwd && psiv_read) return "PsiV cache read (not implemented in the wgmma kernel)";
   if (sm90_smem(d, bwd) > kSmemLimit) return "shared memory " + std::to_string(sm90_smem(d, bwd)) + " B";
   return {};
 }
 std::string sm90_refusal(const KParams& kp, bool bwd) {
   std::string r = sm90_refusal(kp.d, bwd, bwd && kp.in.psiv_cache != nullptr);
-  if (!r.empty()) return r;
-  const MimoFwdArgs& a = kp.in;
-  if (!aligned16(a.q) || !aligned16(a.k) || !aligned16(a.v) || !aligned16(a.z) || !aligned16(a.angles) ||
-      (bwd && !aligned16(kp.dout)) || (!bwd && a.psiv_cache && !aligned16(a.psiv_cache)))
-    return "a q/k/v/z/angles/dout pointer is not 16-byte aligned";
-  return {};
+  return r.empty() ? sm90_inputs_refusal(kp, bwd) : r;
 }
 std::size_t sm90_smem(const MimoDims& d, bool bwd) { return sm90::sm90_layout(d.N, d.R, d.n_ang, bwd).total; }
 std::string sm90_path(const MimoDims& d) {

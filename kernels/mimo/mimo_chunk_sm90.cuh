@@ -33,6 +33,7 @@
 #pragma once
 #include "kernels/common/wgmma_sm90.cuh"
 #include "kernels/mimo/mimo_common.cuh"
+#include "kernels/mimo/mimo_sm90_common.cuh"
 
 namespace megacpp::mimo::dev::sm90 {
 
@@ -81,25 +82,6 @@ __device__ __forceinline__ int ys_index(int row, int col) {
 // Barrier 1 over all 256 threads, reached from the two warpgroups' different branches (barrier 0 is
 // __syncthreads, used where the whole CTA runs the same code).
 __device__ __forceinline__ void named_barrier_1() { asm volatile("bar.sync 1, %0;\n" ::"n"(kThr) : "memory"); }
-__device__ __forceinline__ void cp16(uint32_t saddr, const void* g) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(saddr), "l"(g));
-}
-__device__ __forceinline__ void unpack8(const uint4 u, float (&x)[8]) {
-  const uint32_t w[4] = {u.x, u.y, u.z, u.w};
-#pragma unroll
-  for (int j = 0; j < 4; ++j) x[2 * j] = __uint_as_float(w[j] << 16), x[2 * j + 1] = __uint_as_float(w[j] & 0xffff0000u);
-}
-__device__ __forceinline__ uint32_t pack2(float a, float b) {
-  __nv_bfloat162 v = __floats2bfloat162_rn(a, b);
-  return *reinterpret_cast<uint32_t*>(&v);
-}
-__device__ __forceinline__ uint4 pack8(const float (&x)[8]) {
-  return make_uint4(pack2(x[0], x[1]), pack2(x[2], x[3]), pack2(x[4], x[5]), pack2(x[6], x[7]));
-}
-__device__ __forceinline__ void add8(float (&x)[8], const float* p) {
-  const float4 a = *reinterpret_cast<const float4*>(p), b = *reinterpret_cast<const float4*>(p + 4);
-  x[0] += a.x, x[1] += a.y, x[2] += a.z, x[3] += a.w, x[4] += b.x, x[5] += b.y, x[6] += b.z, x[7] += b.w;
-}
 
 // σ(x) from the SFU's approximate exp2 and reciprocal (ex2.approx.ftz, rcp.approx.ftz): two operations, no IEEE
 // division slow path and no denormal branches in the epilogue; σ(−∞) = 0, σ(+∞) = 1.
@@ -109,9 +91,6 @@ __device__ __forceinline__ float sigmoid_fast(float x) {
   asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(1.f + e));
   return r;
 }
-// Matrix descriptors advanced by a byte offset: the start-address field (bits 0..13, address >> 4) of a descriptor
-// built once per tile, plus delta >> 4 (shared-memory addresses stay below 2^18, so the field cannot carry).
-__device__ __forceinline__ uint64_t desc_add(uint64_t d, uint32_t delta_bytes) { return d + (delta_bytes >> 4); }
 
 // MINB: CTAs per SM the registers are budgeted for (2: ≤ 128 registers; 1: when B·H ≤ the SM count, see
 // mimo_chunk_sm90.cu).

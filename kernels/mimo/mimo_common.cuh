@@ -579,6 +579,12 @@ void launch_bwd_bwd_kernel(const KParams& kp, std::size_t smem, cudaStream_t st)
 // Two warpgroups per (h, b); sm90_refusal() returns why it is not taken ("" = taken); by dims (what mimo_kernel_infos reports) or for a launch
 // (also the pointers' alignment).
 constexpr int kSm90Threads = 256;
+// MEGACPP_MIMO_SM90=0: both Hopper paths refuse (A/B timing against the mma.sync kernels); read once.
+bool sm90_forced_off();
+// The conditions both Hopper paths share: the shape ("" = supported) and, for a launch, 16-byte aligned inputs.
+std::string sm90_shape_refusal(const MimoDims& d);
+std::string sm90_inputs_refusal(const KParams& kp, bool with_dout);
+inline bool aligned16(const void* p) { return (reinterpret_cast<std::uintptr_t>(p) & 15u) == 0; }
 std::string sm90_refusal(const MimoDims& d, bool bwd, bool psiv_read);
 std::string sm90_refusal(const KParams& kp, bool bwd);
 std::size_t sm90_smem(const MimoDims& d, bool bwd);
