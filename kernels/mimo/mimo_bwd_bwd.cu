@@ -38,7 +38,7 @@ __global__ void __launch_bounds__(kBT, 1) mimo_bwd_bwd_kernel(const KParams kp) 
   const int N = d.N, P = d.P, R = d.R, M = d.M, Mp = d.Mp, Lc = d.Lc, lR = kp.lR;
   const int ldq = N + 8, ldv = P + 8, ldm = Mp + 8, ldz = Mp + 1, ldzs = Lc + 1, ldf = N + 4, ldvf = P + 4;
   const int nqt = N / 16, npt = P / 16, mt = Mp / 16;
-  const int lP = __ffs(P) - 1, lLc = __ffs(Lc) - 1;
+  const int lP = __ffs(P) - 1;
   const int lnqt = __ffs(nqt) - 1, lnpt = __ffs(npt) - 1, lmt = __ffs(mt) - 1;
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const BwdLayout Lo = bwd_layout(N, P, R, Mp, Lc);
@@ -173,23 +173,7 @@ __global__ void __launch_bounds__(kBT, 1) mimo_bwd_bwd_kernel(const KParams kp) 
     }
     __syncthreads();
     // ---- P2: step sums of Z, DDA, the gradient products, dS update --------------------------------
-    for (int it = tid; it < Lc * Lc; it += kBT) {
-      const int ti = it >> lLc, tj = it & (Lc - 1);
-      float s = 0.f;
-      if (ti >= tj) {
-        for (int r = 0; r < R; ++r)
-          for (int r2 = 0; r2 < R; ++r2) s += Z[(ti * R + r) * ldz + tj * R + r2];
-        if (ti > tj) s *= __expf(sc[kA * kMaxLc + ti] - sc[kA * kMaxLc + tj]);
-      }
-      Zs[ti * ldzs + tj] = s;  // E[i][j] = e^{a_i − a_j}·Σ Z (i > j), Σ Z on the diagonal, 0 above
-    }
-    if (warp == 0) {
-      float s = 0.f;
-      for (int q = 0; q < kBT / 32; ++q) s += red[lane * (kBT / 32) + q];
-#pragma unroll
-      for (int off = 16; off > 0; off >>= 1) s += __shfl_xor_sync(0xffffffffu, s, off);
-      if (lane == 0) sc[kWork * kMaxLc + 1] = s;
-    }
+    bwd_step_sums<kBT>(Z, ldz, Zs, ldzs, red, sc, Lc, R, tid, kBT, 0);  // mimo_bwd_tail.cuh
     {
       const int nQ = mt * nqt, nV = mt * npt;
       for (int tile = warp; tile < 2 * nQ + nV; tile += kBW) {

@@ -34,7 +34,7 @@
 
 namespace megacpp::mimo::dev::sm90b {
 
-constexpr int kM = 64, kP = 64, kThr = kSm90BwdThreads, kW = kThr / 32;
+constexpr int kM = 64, kP = 64, kThr = kSm90BwdThreads;
 
 // Byte offsets from the 1024-aligned base; the wgmma tiles first (multiples of 8 KB, so every tile is aligned).
 struct BwdSm90Layout {
@@ -90,7 +90,7 @@ template <int N_, int R_>
 __global__ void __launch_bounds__(kThr, 1) mimo_bwd_bwd_sm90_kernel(const KParams kp) {
   using namespace megacpp::wgmma;
   static_assert(N_ == 64 || N_ == 128, "mimo_bwd_bwd_sm90: N in {64,128}");
-  constexpr int R = R_, lR = R == 1 ? 0 : R == 2 ? 1 : R == 4 ? 2 : 3, Lc = kM / R, lLc = 6 - lR;
+  constexpr int R = R_, lR = R == 1 ? 0 : R == 2 ? 1 : R == 4 ? 2 : 3, Lc = kM / R;
   constexpr int NB = N_ / 64, half = N_ / 2;
   constexpr int ldf = N_ + 4, ldvf = kP + 4, ldz = kM + 1, ldzs = Lc + 1;
   extern __shared__ __align__(1024) unsigned char smem_raw[];
@@ -281,27 +281,7 @@ __global__ void __launch_bounds__(kThr, 1) mimo_bwd_bwd_sm90_kernel(const KParam
     fence_proxy_async();
     __syncthreads();  // (2) Pm, Gm, Gd, Z, red
 
-    // ---- P2: the gradient products (async) and, meanwhile, the step sums of Z and ∂a_last ------------------------
-    // run by warpgroup 2 (the lightest: one m64n64k64 product) after its product
-    auto side_work = [&]() {  // E[i][j] = e^{a_i − a_j}·Σ_{r,r'} Z (i > j), Σ Z on the diagonal, 0 above (W is dead)
-      for (int it = tid - 256; it < Lc * Lc; it += 128) {
-        const int ti = it >> lLc, tj = it & (Lc - 1);
-        float s = 0.f;
-        if (ti >= tj) {
-          for (int r = 0; r < R; ++r)
-            for (int r2 = 0; r2 < R; ++r2) s += Z[(ti * R + r) * ldz + tj * R + r2];
-          if (ti > tj) s *= __expf(sc[kA * kMaxLc + ti] - sc[kA * kMaxLc + tj]);
-        }
-        Zs[ti * ldzs + tj] = s;
-      }
-      if (warp == 8) {
-        float s = 0.f;
-        for (int q = 0; q < kW; ++q) s += red[lane * kW + q];
-#pragma unroll
-        for (int off = 16; off > 0; off >>= 1) s += __shfl_xor_sync(0xffffffffu, s, off);
-        if (lane == 0) sc[kWork * kMaxLc + 1] = s;
-      }
-    };
+    // ---- P2: the gradient products, one branch per warpgroup; warpgroup 2 also the step sums of Z and ∂a_last ----
     // per-row scale factor·e^{ā} of the dK̄ / dV state terms
     auto row_w = [&](int row) { const int s = row >> lR; return sc[kFac * kMaxLc + s] * sc[kEAB * kMaxLc + s]; };
     // Accumulator helpers (m64n64 fragment: rows row0 + 8·hh, columns 8·q + 2·t4 (+1) at i = 4q + 2hh (+1)).
@@ -393,7 +373,8 @@ __global__ void __launch_bounds__(kThr, 1) mimo_bwd_bwd_sm90_kernel(const KParam
       issue_ds(0);
       wgmma_wait<0>();
       reg_fence(dS);
-      side_work();
+      // the step sums of Z and ∂a_last on warpgroup 2 (the lightest: one m64n64k64 product), W being dead
+      bwd_step_sums<kThr>(Z, ldz, Zs, ldzs, red, sc, Lc, R, tid - 256, 128, 8);
     } else {  // warpgroup 3: dV = w·K̄·dS (row dots) + Pmᵀ·g + D·g; at N = 128 also dS block 1
       float acc[32];
       wgmma_fence();

@@ -29,6 +29,33 @@ struct BwdPartials {
   }
 };
 
+// The step table E[i][j] = e^{a_i − a_j}·Σ_{r,r'} Z[(i,r)][(j,r')] (i > j), Σ Z on the diagonal, 0 above, into Zs,
+// by `nthr` threads (this thread is number `t` of them); and ∂a_last's partial Σ S_c∘dS: the NTH per-thread values
+// in `red` summed by warp `wsum` in a fixed order into sc[kWork·kMaxLc + 1].
+template <int NTH>
+__device__ __forceinline__ void bwd_step_sums(const float* Z, int ldz, float* Zs, int ldzs, const float* red, float* sc,
+                                              int Lc, int R, int t, int nthr, int wsum) {
+  const int lLc = __ffs(Lc) - 1;
+  for (int it = t; it < Lc * Lc; it += nthr) {
+    const int ti = it >> lLc, tj = it & (Lc - 1);
+    float s = 0.f;
+    if (ti >= tj) {
+      for (int r = 0; r < R; ++r)
+        for (int r2 = 0; r2 < R; ++r2) s += Z[(ti * R + r) * ldz + tj * R + r2];
+      if (ti > tj) s *= __expf(sc[kA * kMaxLc + ti] - sc[kA * kMaxLc + tj]);
+    }
+    Zs[ti * ldzs + tj] = s;
+  }
+  if ((threadIdx.x >> 5) == wsum) {
+    const int lane = threadIdx.x & 31;
+    float s = 0.f;
+    for (int q = 0; q < NTH / 32; ++q) s += red[lane * (NTH / 32) + q];
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) s += __shfl_xor_sync(0xffffffffu, s, off);
+    if (lane == 0) sc[kWork * kMaxLc + 1] = s;
+  }
+}
+
 // Per-step sums of the row-dot partials (one warp per step, fixed shuffle order) → sc[kDA], sc[kXs].
 template <int NTH>
 __device__ __forceinline__ void bwd_step_row_dots(const float* rowa, int ka, const float* rowx, int kx, float* sc,
