@@ -15,7 +15,9 @@
 //   DFACTOR_t = Σ_{j∈t}[Σ_{i: s_i>t} e^{seg} Z_ij + e^{ā_j} X_j],  DGAMMA_t = Σ_{same step} Z.
 // Writes: dQ/dK per value head (B,S,R,H,N) bf16 (group-reduced in mimo_bwd_post), dV→dx (B,S,H,P) bf16,
 // dADT, DFACTOR, DGAMMA (B,H,S) fp32, dAngles (B,S,H,N_ang) fp32, per-(b,h) partials of dΨ, dD, dQ_bias, dK_bias.
-// Resources (v5, ptxas sm_90a, no spills): N·P ≤ 8192: 512 threads, dS NT=2 tiles/warp, 128 regs; N·P = 16384:
+// P3a/P3b (the tail after the products) are the functions of mimo_bwd_tail.cuh, shared with the Hopper kernel
+// mimo_bwd_bwd_sm90.cu, which replaces this one where M = 64, P = 64, N ∈ {64, 128} (mimo_bwd_bwd() in mimo_prep.cu).
+// Resources (v5, ptxas sm_90a, no spills; v13: 128 / 246 registers): N·P ≤ 8192: 512 threads, dS NT=2 tiles/warp, 128 regs; N·P = 16384:
 // 256 threads, NT=8, 248 regs; 1 CTA/SM; smem bwd_layout() = 231,744 B at N=128,P=64,M=64 (the per-head parameters
 // are read from global/L1 to fit).
 #include <stdexcept>

@@ -12,9 +12,10 @@
 //       warpgroup 1: dK̄ = factor·e^{ā}·V·dSᵀ + Gmᵀ·Q̄   (Gmᵀ: transpose-A)
 //       warpgroup 3: dV = factor·e^{ā}·K̄·dS (row dots with V → ∂ā, ∂factor) + Pmᵀ·g + D·g
 //       warpgroups 2 (and 3 at N = 128): dS ← e^{a_last}·dS + Q̄ᵀ·Gd   (Q̄ᵀ: transpose-A; B = Gd MN-major)
-//   the issue of these runs async: the step sums of Z and the ∂a_last reduction run while the tensor cores work.
+//   one branch per warpgroup; warpgroup 2, the lightest, then computes the step sums of Z and the ∂a_last sum.
 //   P3a/P3b (un-rotation and dθ, the decay/trapezoid scalar gradients, the dq/dk/dx writes and the per-(b,h)
-//   partials) are mimo_bwd_bwd.cu's, reading the swizzled tiles; dQ̄/dK̄/dV pass through fp32 shared memory.
+//   partials) are the functions of mimo_bwd_tail.cuh, shared with the mma.sync kernel; dQ̄/dK̄/dV pass through fp32
+//   shared memory.
 // Writes: as mimo_bwd_bwd.cu (dq_h/dk_h per value head, dv, dadt, dfac, dgam, dangles, the parameter partials).
 // Deterministic: fixed reduction orders, no atomics.
 // Taken when M = 64, P = 64, N ∈ {64, 128}, n_ang a power of two ≥ 8, 16-byte aligned inputs and the layout fits
@@ -70,7 +71,7 @@ __host__ __device__ inline BwdSm90Layout bwd_sm90_layout(int N, int R) {
   L.zeta = take(4u * R * kP);
   L.qb = take(4u * R * N);
   L.kb = take(4u * R * N);
-  L.total = o + 1024u;                        // + alignment slack of the dynamic smem base
+  L.total = o + 1024u;  // + alignment slack of the dynamic smem base
   return L;
 }
 
