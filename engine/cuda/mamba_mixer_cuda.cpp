@@ -199,7 +199,8 @@ class MambaMixerCuda final : public DeviceBlock {
             {"chunk", L_},
             {"chunk_internal", md.Lc},
             {"scan_inputs", "recomputed in backward (glue forward re-run), not saved"},
-            {"kernels", "cuBLASLt in/angle/out proj; mixer_glue fwd/bwd; mimo_fwd, mimo_bwd_fwd/bwd/post"}};
+            {"kernels", "cuBLASLt in/angle/out proj; mixer_glue fwd/bwd; mimo_fwd, mimo_bwd_fwd/bwd/post"},
+            {"scan_paths", mimo::mimo_observed_paths()}};  // the last launches' wgmma / mma.sync choice, as run
   }
 
  private:

@@ -19,6 +19,9 @@ struct GpuRunResult {
   std::vector<double> out;  // (B,S,H,P)
   MimoGrads grads;          // dnorm_weight empty
   std::string note;
+  // the wgmma / mma.sync choice of mimo_fwd, mimo_bwd_fwd, mimo_bwd_bwd: predicted from the dims (mimo_kernel_infos,
+  // what bench receipts report) and made at launch (mimo_observed_paths); the tests require them equal
+  std::string paths_predicted, paths_observed;
 };
 // Forward (optionally writing the PsiV cache) then the whole backward (reading it), all outputs poisoned first.
 GpuRunResult mimo_gpu_run(const MimoShape& s, const MimoInputs& in, const std::vector<double>& dout, bool psiv_cache);

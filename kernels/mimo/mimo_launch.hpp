@@ -87,5 +87,9 @@ struct MimoKernelInfo {
 };
 // The kernels launched for these dims (for kernel_resources()); psiv_read: the backward reads the PsiV cache.
 std::vector<MimoKernelInfo> mimo_kernel_infos(const MimoDims& d, bool psiv_read = false);
+// What the last launches of mimo_fwd / mimo_bwd_fwd / mimo_bwd_bwd in this process actually ran, decided at launch
+// (the pointers' alignment included, which mimo_kernel_infos cannot see): "mimo_fwd: sm90 wgmma, mimo_bwd_fwd: ...,
+// mimo_bwd_bwd: mma.sync (wgmma path refused: <reason>)"; a kernel not launched yet is left out. For receipts.
+std::string mimo_observed_paths();
 
 }  // namespace megacpp::mimo

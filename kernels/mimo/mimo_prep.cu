@@ -9,6 +9,7 @@
 // Resources: 256 threads per block, no shared memory.
 #include <algorithm>
 #include <cmath>
+#include <mutex>
 #include <stdexcept>
 #include <string>
 
@@ -192,21 +193,49 @@ MimoDims mimo_make_dims(int B, int S, int H, int G, int N, int P, int R, int chu
 
 std::size_t mimo_bwd_workspace_bytes(const MimoDims& d) { return ws_parts(d).total; }
 
-// mimo_fwd / mimo_bwd_fwd: the Hopper wgmma chunk loop (mimo_chunk_sm90.cu) where it applies, else the mma.sync
-// kernels; mimo_kernel_infos() below reports the same choice.
+// The path each launcher took last (mimo_observed_paths); written only when it changes (no allocation per launch).
+namespace {
+std::mutex g_path_mu;
+std::string g_paths[3];  // mimo_fwd, mimo_bwd_fwd, mimo_bwd_bwd
+void observe(int k, const std::string& why, const std::string& taken) {
+  const std::lock_guard<std::mutex> lock(g_path_mu);
+  if (!why.empty())
+    g_paths[k] = "mma.sync (wgmma path refused: " + why + ")";
+  else if (g_paths[k] != taken)
+    g_paths[k] = taken;
+}
+}  // namespace
+std::string mimo_observed_paths() {
+  const std::lock_guard<std::mutex> lock(g_path_mu);
+  static const char* names[3] = {"mimo_fwd", "mimo_bwd_fwd", "mimo_bwd_bwd"};
+  std::string r;
+  for (int k = 0; k < 3; ++k)
+    if (!g_paths[k].empty()) r += (r.empty() ? "" : ", ") + std::string(names[k]) + ": " + g_paths[k];
+  return r;
+}
+
+// mimo_fwd / mimo_bwd_fwd / mimo_bwd_bwd: the Hopper wgmma kernels (mimo_chunk_sm90.cu, mimo_bwd_bwd_sm90.cu) where
+// they apply, else the mma.sync kernels; mimo_kernel_infos() below predicts the same choice from the dims, and
+// mimo_observed_paths() reports the one made here.
 void mimo_fwd(const MimoDims& d, const MimoFwdArgs& a, cudaStream_t stream) {
   const dev::KParams kp = make_params(d, nullptr, a, nullptr);
-  if (dev::sm90_refusal(kp, false).empty()) return dev::launch_sm90(kp, false, stream);
+  const std::string why = dev::sm90_refusal(kp, false);
+  observe(0, why, why.empty() ? dev::sm90_path(d) : std::string());
+  if (why.empty()) return dev::launch_sm90(kp, false, stream);
   dev::launch_fwd_kernel(kp, fwd_smem(d), stream);
 }
 void mimo_bwd_fwd(const MimoDims& d, const MimoBwdArgs& a, void* ws, cudaStream_t stream) {
   const dev::KParams kp = make_params(d, &a, a.in, ws);
-  if (dev::sm90_refusal(kp, true).empty()) return dev::launch_sm90(kp, true, stream);
+  const std::string why = dev::sm90_refusal(kp, true);
+  observe(1, why, why.empty() ? dev::sm90_path(d) : std::string());
+  if (why.empty()) return dev::launch_sm90(kp, true, stream);
   dev::launch_bwd_fwd_kernel(kp, fwd_smem(d), stream);
 }
 void mimo_bwd_bwd(const MimoDims& d, const MimoBwdArgs& a, void* ws, cudaStream_t stream) {
   const dev::KParams kp = make_params(d, &a, a.in, ws);
-  if (dev::sm90_bwd_bwd_refusal(kp).empty()) return dev::launch_sm90_bwd_bwd(kp, stream);
+  const std::string why = dev::sm90_bwd_bwd_refusal(kp);
+  observe(2, why, "sm90 wgmma");
+  if (why.empty()) return dev::launch_sm90_bwd_bwd(kp, stream);
   dev::launch_bwd_bwd_kernel(kp, bwd_smem(d), stream);
 }
 void mimo_bwd_post(const MimoDims& d, const MimoBwdArgs& a, void* ws, cudaStream_t stream) {

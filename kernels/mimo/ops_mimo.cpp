@@ -136,7 +136,10 @@ GpuRunResult mimo_gpu_run(const MimoShape& s, const MimoInputs& in, const std::v
   r.note = "gpu internal chunk Lc=" + std::to_string(d.Lc) + " (M=" + std::to_string(d.M) + ")" +
            (psiv ? ", psiv-cache on" : ", psiv-cache off");
   for (const auto& k : mimo::mimo_kernel_infos(d, psiv))
-    if (k.name != "mimo_bwd_post") r.note += ", " + k.name + ": " + k.path;
+    if (k.name != "mimo_bwd_post")
+      r.paths_predicted += (r.paths_predicted.empty() ? "" : ", ") + k.name + ": " + k.path;
+  r.paths_observed = mimo::mimo_observed_paths();
+  r.note += ", " + r.paths_observed;  // what ran (decided at launch)
   return r;
 }
 #else

@@ -53,6 +53,8 @@ bool gate(const MimoShape& s, uint64_t seed, bool psiv) {
   std::printf("GATE | %-40s | out %.2e | worst grad %-8s %.2e | worst bad_frac %.3f | %s | %s\n", label(s).c_str(),
               ms[0].stable_max_rel, worst_name.c_str(), worst_g, worst_bad, ok ? "PASS" : "FAIL", g.note.c_str());
   if (!ok) std::printf("%s", format_metric_table(ms).c_str());
+  // the receipts' path column (predicted from the dims) must be what ran: a silent fallback would fail here
+  EXPECT_EQ(g.paths_observed, g.paths_predicted) << label(s);
   return ok;
 }
 
