@@ -193,7 +193,7 @@ MimoDims mimo_make_dims(int B, int S, int H, int G, int N, int P, int R, int chu
 
 std::size_t mimo_bwd_workspace_bytes(const MimoDims& d) { return ws_parts(d).total; }
 
-// The path each launcher took last (mimo_observed_paths); written only when it changes (no allocation per launch).
+// The path each launcher took last (mimo_observed_paths), under a mutex: host side, a few string operations per launch.
 namespace {
 std::mutex g_path_mu;
 std::string g_paths[3];  // mimo_fwd, mimo_bwd_fwd, mimo_bwd_bwd

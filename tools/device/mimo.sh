@@ -13,7 +13,8 @@
 # The candidate's mimo_fwd / mimo_bwd_fwd are also timed with the wgmma chunk loop switched off
 # (MEGACPP_MIMO_SM90=0, lines "MMA"): the mma.sync kernels of the same binary (v12; mimo_bwd_bwd too since v13).
 # Profiling (v7): MIMO_PROF=1 adds `ncu --set full --import-source yes` on one launch each, at the bar shape, of the
-# kernels named in MIMO_PROF_LIST (default "fwd_new fwd_base bwdbwd"; also "bwdbwd_base"; *_base = the A/B
+# kernels named in MIMO_PROF_LIST (default "fwd_new fwd_base bwdbwd"; also "bwdbwd_base", "sm90_fwd", "sm90_bwdfwd",
+# "sm90_bwdbwd" (the wgmma kernels); *_base = the A/B
 # baseline tree), exported as text (details page; source page per SASS instruction, CSV) into the log tarball.
 # MIMO_NO_MEGACPP=1 skips the megacpp build and its benches (mimo_bench runs the same OpDef::bench).
 # Output: the device tool returns at most 8 files, so the logs go to one tarball $OUT/mimo_logs.tgz and the tables
