@@ -75,7 +75,7 @@ std::string sm90_refusal(const KParams& kp, bool bwd) {
   return r.empty() ? sm90_inputs_refusal(kp, bwd) : r;
 }
 std::size_t sm90_smem(const MimoDims& d, bool bwd) { return sm90::sm90_layout(d.N, d.R, d.n_ang, bwd).total; }
-std::string sm90_path(const MimoDims& d) {
+const char* sm90_path(const MimoDims& d) {
   return one_cta_per_sm(d) ? "sm90 wgmma (1-CTA/SM instance: B*H <= SMs)" : "sm90 wgmma";
 }
 const void* sm90_kernel_ptr(const MimoDims& d, bool bwd) {

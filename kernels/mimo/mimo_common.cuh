@@ -589,7 +589,7 @@ std::string sm90_refusal(const MimoDims& d, bool bwd, bool psiv_read);
 std::string sm90_refusal(const KParams& kp, bool bwd);
 std::size_t sm90_smem(const MimoDims& d, bool bwd);
 const void* sm90_kernel_ptr(const MimoDims& d, bool bwd);
-std::string sm90_path(const MimoDims& d);  // "sm90 wgmma", and which instance
+const char* sm90_path(const MimoDims& d);  // "sm90 wgmma", and which instance
 void launch_sm90(const KParams& kp, bool bwd, cudaStream_t st);
 // The Hopper wgmma mimo_bwd_bwd (mimo_bwd_bwd_sm90.cu): four warpgroups per (h, b); the same refusal contract.
 constexpr int kSm90BwdThreads = 512;

@@ -10,9 +10,9 @@
 //                   dQ_bias, dK_bias.
 //   mimo_bwd_post   group reduction of dQ/dK (H → G heads), Σ_b of every parameter partial, dΔ and dtrap from
 //                   DFACTOR/DGAMMA. Deterministic: no float atomics anywhere.
-// mimo_fwd and mimo_bwd_fwd run the Hopper wgmma chunk loop (mimo_chunk_sm90.cuh: two warpgroups per (b,h)) where it
-// applies (M = 64, P = 64, N ∈ {64,128}, aligned inputs, no PsiV read in the backward), else the mma.sync kernels;
-// mimo_kernel_infos() says which, and why.
+// mimo_fwd / mimo_bwd_fwd (mimo_chunk_sm90.cuh) and mimo_bwd_bwd (mimo_bwd_bwd_sm90.cu) run Hopper wgmma kernels
+// where they apply (M = 64, P = 64, N ∈ {64,128}, aligned inputs; mimo_bwd_fwd also no PsiV read), else the
+// mma.sync kernels; mimo_kernel_infos() predicts which and why, mimo_observed_paths() records what ran.
 // Layouts: as kernels/mimo/mimo_ref.hpp (row-major): q,k (B,S,R,G,N) bf16 without bias; v,z,out,dout (B,S,H,P) bf16;
 // adt,dt (B,H,S) fp32; trap (B,H,S) bf16 logit; q_bias,k_bias (H,R,N) fp32; psi,zeta,phi (H,R,P) fp32; d (H) fp32;
 // angles (B,S,H,N_ang) fp32 CUMULATIVE. Gradients: dq,dk (B,S,R,G,N) bf16; dv,dz (B,S,H,P) bf16; dadt,ddt,dtrap

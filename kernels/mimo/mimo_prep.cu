@@ -193,16 +193,18 @@ MimoDims mimo_make_dims(int B, int S, int H, int G, int N, int P, int R, int chu
 
 std::size_t mimo_bwd_workspace_bytes(const MimoDims& d) { return ws_parts(d).total; }
 
-// The path each launcher took last (mimo_observed_paths), under a mutex: host side, a few string operations per launch.
+// The path each launcher took last (mimo_observed_paths), under a mutex: host side, one compare per launch.
 namespace {
 std::mutex g_path_mu;
 std::string g_paths[3];  // mimo_fwd, mimo_bwd_fwd, mimo_bwd_bwd
-void observe(int k, const std::string& why, const std::string& taken) {
+// The path label of a launcher: `taken` (the wgmma kernel) when `why` is empty, else the mma.sync fallback and the
+// refusal. One formatter for the prediction (mimo_kernel_infos) and the record made at launch, which the gate compares.
+std::string path_label(const std::string& why, const char* taken) {
+  return why.empty() ? std::string(taken) : "mma.sync (wgmma path refused: " + why + ")";
+}
+void observe(int k, const std::string& why, const char* taken) {
   const std::lock_guard<std::mutex> lock(g_path_mu);
-  if (!why.empty())
-    g_paths[k] = "mma.sync (wgmma path refused: " + why + ")";
-  else if (g_paths[k] != taken)
-    g_paths[k] = taken;
+  if (!why.empty() || g_paths[k] != taken) g_paths[k] = path_label(why, taken);
 }
 }  // namespace
 std::string mimo_observed_paths() {
@@ -220,14 +222,14 @@ std::string mimo_observed_paths() {
 void mimo_fwd(const MimoDims& d, const MimoFwdArgs& a, cudaStream_t stream) {
   const dev::KParams kp = make_params(d, nullptr, a, nullptr);
   const std::string why = dev::sm90_refusal(kp, false);
-  observe(0, why, why.empty() ? dev::sm90_path(d) : std::string());
+  observe(0, why, dev::sm90_path(d));
   if (why.empty()) return dev::launch_sm90(kp, false, stream);
   dev::launch_fwd_kernel(kp, fwd_smem(d), stream);
 }
 void mimo_bwd_fwd(const MimoDims& d, const MimoBwdArgs& a, void* ws, cudaStream_t stream) {
   const dev::KParams kp = make_params(d, &a, a.in, ws);
   const std::string why = dev::sm90_refusal(kp, true);
-  observe(1, why, why.empty() ? dev::sm90_path(d) : std::string());
+  observe(1, why, dev::sm90_path(d));
   if (why.empty()) return dev::launch_sm90(kp, true, stream);
   dev::launch_bwd_fwd_kernel(kp, fwd_smem(d), stream);
 }
@@ -270,16 +272,17 @@ void mimo_bwd(const MimoDims& d, const MimoBwdArgs& a, void* ws, cudaStream_t st
 std::vector<MimoKernelInfo> mimo_kernel_infos(const MimoDims& d, bool psiv_read) {
   auto fwd_side = [&](const char* name, bool bwd) -> MimoKernelInfo {
     const std::string why = dev::sm90_refusal(d, bwd, psiv_read);
-    if (why.empty()) return {name, dev::sm90_kernel_ptr(d, bwd), dev::kSm90Threads, dev::sm90_smem(d, bwd), dev::sm90_path(d)};
+    if (why.empty())
+      return {name, dev::sm90_kernel_ptr(d, bwd), dev::kSm90Threads, dev::sm90_smem(d, bwd), path_label(why, dev::sm90_path(d))};
     return {name, bwd ? dev::bwd_fwd_kernel_ptr(d) : dev::fwd_kernel_ptr(d),
-            bwd ? dev::bwd_fwd_threads(d) : dev::fwd_threads(d), fwd_smem(d), "mma.sync (wgmma path refused: " + why + ")"};
+            bwd ? dev::bwd_fwd_threads(d) : dev::fwd_threads(d), fwd_smem(d), path_label(why, dev::sm90_path(d))};
   };
   const std::string why_bb = dev::sm90_bwd_bwd_refusal(d);
   const MimoKernelInfo bwd_bwd =
       why_bb.empty() ? MimoKernelInfo{"mimo_bwd_bwd", dev::sm90_bwd_bwd_kernel_ptr(d), dev::kSm90BwdThreads,
-                                      dev::sm90_bwd_bwd_smem(d), "sm90 wgmma"}
+                                      dev::sm90_bwd_bwd_smem(d), path_label(why_bb, "sm90 wgmma")}
                      : MimoKernelInfo{"mimo_bwd_bwd", dev::bwd_bwd_kernel_ptr(d), dev::bwd_bwd_threads(d), bwd_smem(d),
-                                      "mma.sync (wgmma path refused: " + why_bb + ")"};
+                                      path_label(why_bb, "sm90 wgmma")};
   return {fwd_side("mimo_fwd", false), fwd_side("mimo_bwd_fwd", true), bwd_bwd,
           {"mimo_bwd_post", reinterpret_cast<const void*>(&dev::mimo_bwd_post_kernel), 256, 0, "elementwise"}};
 }

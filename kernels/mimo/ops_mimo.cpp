@@ -91,6 +91,14 @@ MimoDims dims_of(const MimoShape& s) {
                         s.rope_fraction, s.outproj_norm);
 }
 }  // namespace
+// "mimo_fwd: <path>, mimo_bwd_fwd: <path>, mimo_bwd_bwd: <path>" as predicted from the dims (the scan kernels whose
+// choice mimo_observed_paths() records; bench receipts and the gate use this one format).
+std::string predicted_scan_paths(const MimoDims& d, bool psiv) {
+  std::string r;
+  for (const auto& k : mimo_kernel_infos(d, psiv))
+    if (k.name != "mimo_bwd_post") r += (r.empty() ? "" : ", ") + k.name + ": " + k.path;
+  return r;
+}
 
 GpuRunResult mimo_gpu_run(const MimoShape& s, const MimoInputs& in, const std::vector<double>& dout, bool psiv) {
   const MimoDims d = dims_of(s);
@@ -135,9 +143,7 @@ GpuRunResult mimo_gpu_run(const MimoShape& s, const MimoInputs& in, const std::v
   r.grads.dd = host_f32(gd), r.grads.dangles = host_f32(gang);
   r.note = "gpu internal chunk Lc=" + std::to_string(d.Lc) + " (M=" + std::to_string(d.M) + ")" +
            (psiv ? ", psiv-cache on" : ", psiv-cache off");
-  for (const auto& k : mimo::mimo_kernel_infos(d, psiv))
-    if (k.name != "mimo_bwd_post")
-      r.paths_predicted += (r.paths_predicted.empty() ? "" : ", ") + k.name + ": " + k.path;
+  r.paths_predicted = predicted_scan_paths(d, psiv);
   r.paths_observed = mimo::mimo_observed_paths();
   r.note += ", " + r.paths_observed;  // what ran (decided at launch)
   return r;
@@ -382,11 +388,9 @@ BenchResult bench_impl(Which w, const OpShape& shape, const OpOptions& opts) {
     case Which::bwd_bwd: r.flops_executed = f_bb, r.flops_model = 2 * f_min, r.bytes = b_bwd - fwd_reads - 2 * T * H * P; break;
     case Which::all: r.flops_executed = 2 * f_fwd + f_bb, r.flops_model = 4 * f_min, r.bytes = b_fwd + b_bwd; break;
   }
-  std::string paths;
   for (const auto& k : mimo::mimo_kernel_infos(d, psiv)) {
     r.kernels.push_back(to_json(kernel_resources(k.name, k.func, k.threads, k.dynamic_smem)));
     r.kernels.back()["path"] = k.path;
-    paths += ", " + k.name + ": " + k.path;
   }
   r.extra["internal_chunk_Lc"] = d.Lc;
   r.extra["psiv_cache"] = psiv;
@@ -402,7 +406,8 @@ BenchResult bench_impl(Which w, const OpShape& shape, const OpOptions& opts) {
     r.extra["bwd_bwd_ms"] = c.median_ms;
     r.extra["bwd_post_ms"] = e.median_ms;
   }
-  r.note = "mimo internal chunk Lc=" + std::to_string(d.Lc) + (psiv ? ", psiv-cache on" : ", psiv-cache off") + paths;
+  r.note = "mimo internal chunk Lc=" + std::to_string(d.Lc) + (psiv ? ", psiv-cache on" : ", psiv-cache off") + ", " +
+           mimo::predicted_scan_paths(d, psiv);
   return r;
 }
 #endif
