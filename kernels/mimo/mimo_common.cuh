@@ -200,27 +200,34 @@ __device__ __forceinline__ void st_bf16x2g(bf16_bits* p, float a, float b) {
   *reinterpret_cast<__nv_bfloat162*>(p) = __floats2bfloat162_rn(a, b);
 }
 
-// Load per-head parameters into shared memory.
+// Load per-head parameters into shared memory: Ψ as [R][psi_ld], Φ and Ζ as [R][P], the q/k biases as [R][bias_ld]
+// (row strides: the wgmma chunk loop pads Ψ and the biases, see mimo_chunk_sm90.cuh).
 template <int NTH = kThreads>
 __device__ inline void load_params(const KParams& kp, int h, float* psi, float* phi, float* zeta, float* qb,
-                                   float* kb) {
+                                   float* kb, int psi_ld = 0, int bias_ld = 0) {
   const int R = kp.d.R, P = kp.d.P, N = kp.d.N;
+  if (psi_ld == 0) psi_ld = P;
+  if (bias_ld == 0) bias_ld = N;
   for (int i = threadIdx.x; i < R * P; i += NTH) {
-    psi[i] = kp.in.psi[h * R * P + i];
+    psi[(i / P) * psi_ld + i % P] = kp.in.psi[h * R * P + i];
     phi[i] = kp.in.phi[h * R * P + i];
     zeta[i] = kp.in.zeta[h * R * P + i];
   }
   for (int i = threadIdx.x; i < R * N; i += NTH) {
-    qb[i] = kp.in.q_bias[h * R * N + i];
-    kb[i] = kp.in.k_bias[h * R * N + i];
+    qb[(i / N) * bias_ld + i % N] = kp.in.q_bias[h * R * N + i];
+    kb[(i / N) * bias_ld + i % N] = kp.in.k_bias[h * R * N + i];
   }
 }
 
 // Warp 0 only: the chunk's step scalars (fp32). a = inclusive cumsum of ADT, ā = exclusive reverse cumsum
 // (= a_last − a, clamped ≤ 0), γ = Δσ(trap), factor = γ + Δ_{t+1}σ(−trap_{t+1}) (0 past S−1).
 // Returns a_last in every lane.
-__device__ __forceinline__ float chunk_scalars_finish(const float (&x)[2], const float (&gam)[2], const float (&fac)[2],
-                                                      const float (&sg)[2], const float (&dtv)[2], int Lc, float* sc);
+// SPL: steps per lane (step s = SPL·lane + u): 2 covers Lc ≤ 64; 1 (Lc ≤ 16, chunk_scalars_staged_lane) halves the
+// serial chain of warp 0, which the other warps wait for at the chunk's first barrier.
+template <int SPL = 2>
+__device__ __forceinline__ float chunk_scalars_finish(const float (&x)[SPL], const float (&gam)[SPL],
+                                                      const float (&fac)[SPL], const float (&sg)[SPL],
+                                                      const float (&dtv)[SPL], int Lc, float* sc);
 __device__ inline float chunk_scalars(const KParams& kp, int b, int h, int t0, float* sc) {
   const int lane = threadIdx.x & 31, Lc = kp.d.Lc, S = kp.d.S;
   const size_t base = (static_cast<size_t>(b) * kp.d.H + h) * S;
@@ -244,10 +251,13 @@ __device__ inline float chunk_scalars(const KParams& kp, int b, int h, int t0, f
   }
   return chunk_scalars_finish(x, gam, fac, sg, dtv, Lc, sc);
 }
-__device__ __forceinline__ float chunk_scalars_finish(const float (&x)[2], const float (&gam)[2], const float (&fac)[2],
-                                                      const float (&sg)[2], const float (&dtv)[2], int Lc, float* sc) {
+template <int SPL>
+__device__ __forceinline__ float chunk_scalars_finish(const float (&x)[SPL], const float (&gam)[SPL],
+                                                      const float (&fac)[SPL], const float (&sg)[SPL],
+                                                      const float (&dtv)[SPL], int Lc, float* sc) {
+  static_assert(SPL == 1 || SPL == 2, "chunk_scalars_finish: 1 or 2 steps per lane");
   const int lane = threadIdx.x & 31;
-  const float p1 = x[0] + x[1];
+  const float p1 = SPL == 2 ? x[0] + x[SPL - 1] : x[0];
   float incl = p1;
 #pragma unroll
   for (int off = 1; off < 32; off <<= 1) {
@@ -256,10 +266,12 @@ __device__ __forceinline__ float chunk_scalars_finish(const float (&x)[2], const
   }
   const float excl = incl - p1;
   const float total = __shfl_sync(0xffffffffu, incl, 31);
-  float a[2] = {fminf(excl + x[0], 0.f), fminf(excl + p1, 0.f)};
+  float a[SPL];
+  a[0] = fminf(excl + x[0], 0.f);
+  if constexpr (SPL == 2) a[SPL - 1] = fminf(excl + p1, 0.f);
 #pragma unroll
-  for (int u = 0; u < 2; ++u) {
-    const int s = 2 * lane + u;
+  for (int u = 0; u < SPL; ++u) {
+    const int s = SPL * lane + u;
     if (s < kMaxLc) {
       const bool ok = s < Lc;
       sc[kA * kMaxLc + s] = ok ? a[u] : 0.f;
@@ -274,19 +286,16 @@ __device__ __forceinline__ float chunk_scalars_finish(const float (&x)[2], const
   return fminf(total, 0.f);
 }
 
-// One warp (after chunk_scalars + __syncwarp): the step-level mask weights of the chunk,
-// W[si·Lc + sj] = factor_sj·e^{a_si − a_sj} (si > sj), γ_si (si = sj), 0 (si < sj).
+// The step-level mask weight of steps (si, sj) of the chunk (after chunk_scalars):
+// factor_sj·e^{a_si − a_sj} (si > sj), γ_si (si = sj), 0 (si < sj).
+__device__ __forceinline__ float step_weight(const float* sc, int si, int sj) {
+  if (si > sj) return sc[kFac * kMaxLc + sj] * __expf(sc[kA * kMaxLc + si] - sc[kA * kMaxLc + sj]);
+  return si == sj ? sc[kGam * kMaxLc + si] : 0.f;
+}
+// One warp (after chunk_scalars + __syncwarp): the chunk's table W[si·Lc + sj] = step_weight(si, sj).
 __device__ inline void step_weights(const float* sc, float* W, int Lc) {
   const int lane = threadIdx.x & 31, lLc = __ffs(Lc) - 1;
-  for (int e = lane; e < Lc * Lc; e += 32) {
-    const int si = e >> lLc, sj = e & (Lc - 1);
-    float w = 0.f;
-    if (si > sj)
-      w = sc[kFac * kMaxLc + sj] * __expf(sc[kA * kMaxLc + si] - sc[kA * kMaxLc + sj]);
-    else if (si == sj)
-      w = sc[kGam * kMaxLc + si];
-    W[e] = w;
-  }
+  for (int e = lane; e < Lc * Lc; e += 32) W[e] = step_weight(sc, e >> lLc, e & (Lc - 1));
 }
 
 // All threads: rotated, biased q̄ and k̄ of the chunk into Qb/Kb ([Mp][N+8] bf16). Half-split rotation pairs
@@ -364,6 +373,24 @@ __device__ inline float chunk_scalars_staged(int Lc, int S, int t0, float* sc) {
     }
   }
   return chunk_scalars_finish(x, gam, fac, sg, dtv, Lc, sc);
+}
+// chunk_scalars_staged for Lc ≤ 16 (R ≥ 4 at M = 64): step s = lane. Lane s (s ≤ Lc) also forms Δ_s·σ(−trap_s), the
+// next-step term of lane s − 1, which takes it by a shuffle: the same two sigmoids and products per step as above,
+// evaluated side by side in different lanes instead of one after another in one lane. The cumsum is a one-term-per-
+// lane scan, so a, ā differ from chunk_scalars_staged's by fp32 summation order only.
+__device__ inline float chunk_scalars_staged_lane(int Lc, int S, int t0, float* sc) {
+  const int lane = threadIdx.x & 31, s = lane, t = t0 + s;
+  const float* st = sc + kStageSlot * kMaxLc;
+  const unsigned short* tr = reinterpret_cast<const unsigned short*>(st + 2 * kMaxLc + 1);
+  float x[1] = {0.f}, gam[1] = {0.f}, fac[1] = {0.f}, sg[1] = {0.f}, dtv[1] = {0.f}, next = 0.f;
+  if (s <= Lc && t < S) {
+    const float dts = st[kMaxLc + s], trs = bf2f(tr[s]);
+    next = dts * sigmoidf_(-trs);
+    if (s < Lc) x[0] = st[s], dtv[0] = dts, sg[0] = sigmoidf_(trs), gam[0] = dts * sg[0];
+  }
+  const float gt = __shfl_down_sync(0xffffffffu, next, 1);  // 0 past S − 1 (that lane's `next` stayed 0)
+  if (s < Lc) fac[0] = gam[0] + gt;
+  return chunk_scalars_finish<1>(x, gam, fac, sg, dtv, Lc, sc);
 }
 
 
