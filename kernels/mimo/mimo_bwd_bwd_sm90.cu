@@ -56,7 +56,7 @@ __host__ __device__ inline BwdSm90Layout bwd_sm90_layout(int N, int R) {
   L.pm = take(2u * kM * kM);
   L.gm = take(2u * kM * kM);
   L.z = take(4u * kM * (kM + 1));
-  L.zs = take(4u * Lc * (Lc + 1));  // the step weights W (L1..P1), then the step sums of Z (P2..P3b)
+  L.zs = take(4u * Lc * (Lc + 1));  // the step sums of Z (P2..P3b)
   L.dqf = take(4u * kM * (N + 4));
   L.dkf = take(4u * kM * (N + 4));
   L.dvf = take(4u * kM * (kP + 4));
@@ -114,7 +114,6 @@ __global__ void __launch_bounds__(kThr, 1) mimo_bwd_bwd_sm90_kernel(const KParam
   float* red = sc + 16 * kMaxLc;
   float* Z = reinterpret_cast<float*>(smem + L.z);
   float* Zs = reinterpret_cast<float*>(smem + L.zs);
-  float* W = Zs;
   float* dQf = reinterpret_cast<float*>(smem + L.dqf);
   float* dKf = reinterpret_cast<float*>(smem + L.dkf);
   float* dVf = reinterpret_cast<float*>(smem + L.dvf);
@@ -159,12 +158,11 @@ __global__ void __launch_bounds__(kThr, 1) mimo_bwd_bwd_sm90_kernel(const KParam
       }
       cp_async_commit();
     }
-    if (warp == 0) {
-      const float al = chunk_scalars(kp, b, h, t0, sc);
-      if (lane == 0) sc[kWork * kMaxLc] = al;
-      __syncwarp();
-      step_weights(sc, W, Lc);
-    }
+    // v14: warp 0 stages the chunk's raw scalars with cp.async now and turns them into the chunk scalars after its
+    // items (below), instead of first doing three global round trips and the step-weight table while its items
+    // waited: the other fifteen warps waited for that at barrier (1) (15 % of the v14 profile's samples). The step
+    // weights are now computed where P1 uses them, by every thread for its own accumulator pairs.
+    if (warp == 0) stage_scalars_issue(kp, b, h, t0, sc);
     // Q̄, K̄: item (row i, 8 columns cc·8..) with its partner columns + N/2; bias, rotation, bf16, swizzled store
     if (tid < kM * (N_ / 16)) {
       const int i = tid / (N_ / 16), cc = tid % (N_ / 16), s = i >> lR, r = i & (R - 1), c1 = 8 * cc, c2 = c1 + half;
@@ -222,6 +220,15 @@ __global__ void __launch_bounds__(kThr, 1) mimo_bwd_bwd_sm90_kernel(const KParam
       *tile16(L.g, i, p0) = pack8(go);
     }
     cp_async_wait_all();
+    if (warp == 0) {
+      __syncwarp();
+      float al;
+      if constexpr (Lc <= 16)
+        al = chunk_scalars_staged_lane(Lc, d.S, t0, sc);  // as the forward chunk loop: the same summation order
+      else
+        al = chunk_scalars_staged(Lc, d.S, t0, sc);
+      if (lane == 0) sc[kWork * kMaxLc] = al;
+    }
     fence_proxy_async();
     __syncthreads();  // (1)
     if (c > 0) prefetch_chunk<kThr>(kp, b, h, t0 - Lc, true, true, true, c - 1);
@@ -270,8 +277,11 @@ __global__ void __launch_bounds__(kThr, 1) mimo_bwd_bwd_sm90_kernel(const KParam
         for (int q = 0; q < 2; ++q) {
           const int col = 16 * wg + 8 * q + 2 * t4, i = 4 * q + 2 * hh;
           float w2[2];
-#pragma unroll
-          for (int e = 0; e < 2; ++e) w2[e] = W[si * Lc + ((col + e) >> lR)];
+          if constexpr (R >= 2) {  // both columns of the pair are one step
+            w2[0] = w2[1] = step_weight(sc, si, col >> lR);
+          } else {
+            w2[0] = step_weight(sc, si, col), w2[1] = step_weight(sc, si, col + 1);
+          }
           *reinterpret_cast<uint32_t*>(smem + L.pm + 2 * sw128_offset<kM>(row, col)) = pack2(S1[i] * w2[0], S1[i + 1] * w2[1]);
           *reinterpret_cast<uint32_t*>(smem + L.gm + 2 * sw128_offset<kM>(row, col)) = pack2(G1[i] * w2[0], G1[i + 1] * w2[1]);
           Z[row * ldz + col] = S1[i] * G1[i];  // odd row stride (bank spread): scalar stores
@@ -374,7 +384,7 @@ __global__ void __launch_bounds__(kThr, 1) mimo_bwd_bwd_sm90_kernel(const KParam
       issue_ds(0);
       wgmma_wait<0>();
       reg_fence(dS);
-      // the step sums of Z and ∂a_last on warpgroup 2 (the lightest: one m64n64k64 product), W being dead
+      // the step sums of Z and ∂a_last on warpgroup 2 (the lightest: one m64n64k64 product)
       bwd_step_sums<kThr>(Z, ldz, Zs, ldzs, red, sc, Lc, R, tid - 256, 128, 8);
     } else {  // warpgroup 3: dV = w·K̄·dS (row dots) + Pmᵀ·g + D·g; at N = 128 also dS block 1
       float acc[32];
