@@ -75,7 +75,8 @@ __host__ __device__ inline BwdSm90Layout bwd_sm90_layout(int N, int R) {
   return L;
 }
 
-using sm90::cp16, sm90::unpack8, sm90::pack2, sm90::pack8, sm90::add8, sm90::desc_add;  // mimo_sm90_common.cuh
+// mimo_sm90_common.cuh
+using sm90::cp16, sm90::unpack8, sm90::pack2, sm90::pack8, sm90::add8, sm90::desc_add, sm90::store_acc64_bf16;
 // 8 consecutive fp32, 16-byte aligned: ldg8a from global memory (the angles: alignment checked by the refusal,
 // offsets multiples of 8), lds8 from shared memory (the per-head parameters).
 __device__ __forceinline__ void ldg8a(const float* p, float (&x)[8]) {
@@ -447,15 +448,7 @@ __global__ void __launch_bounds__(kThr, 1) mimo_bwd_bwd_sm90_kernel(const KParam
 #pragma unroll
       for (int e = 0; e < 8; ++e) pa.dd += x[e] * y[e];
     }
-    if (owns_ds) {  // bf16(dS) → the swizzled [N][64] tile (B operand of the next chunk's dK̄ and dV)
-#pragma unroll
-      for (int q = 0; q < 8; ++q)
-#pragma unroll
-        for (int hh = 0; hh < 2; ++hh) {
-          const int n = 64 * sblk + row0 + 8 * hh, p = 8 * q + 2 * t4, i = 4 * q + 2 * hh;
-          *reinterpret_cast<uint32_t*>(smem + L.dsb + 2 * sw128_offset<N_>(n, p)) = pack2(dS[i], dS[i + 1]);
-        }
-    }
+    if (owns_ds) store_acc64_bf16<N_>(smem + L.dsb, sblk, row0, t4, dS);  // B operand of the next dK̄ and dV
     fence_proxy_async();
     __syncthreads();  // (5)
   }

@@ -392,13 +392,7 @@ __global__ void __launch_bounds__(kThr, MINB) mimo_chunk_sm90_kernel(const KPara
     reg_fence(S);
     // bf16(S_{c+1}) → Sb (this warpgroup's block) for the next chunk's Q̄·S_c, once the wgmma that read Sb completed
     auto store_sb = [&] {
-#pragma unroll
-      for (int q = 0; q < 8; ++q)
-#pragma unroll
-        for (int hh = 0; hh < 2; ++hh) {
-          const int n = 64 * sblk + row0 + 8 * hh, p = 8 * q + 2 * t4, i = 4 * q + 2 * hh;
-          *reinterpret_cast<uint32_t*>(smem + L.sb + 2 * sw128_offset<N_>(n, p)) = pack2(S[i], S[i + 1]);
-        }
+      store_acc64_bf16<N_>(smem + L.sb, sblk, row0, t4, S);
       fence_proxy_async();
     };
     if (wg == 1) {
