@@ -77,12 +77,7 @@ __host__ __device__ inline BwdSm90Layout bwd_sm90_layout(int N, int R) {
 
 // mimo_sm90_common.cuh
 using sm90::cp16, sm90::unpack8, sm90::pack2, sm90::pack8, sm90::add8, sm90::desc_add, sm90::store_acc64_bf16;
-// 8 consecutive fp32, 16-byte aligned: ldg8a from global memory (the angles: alignment checked by the refusal,
-// offsets multiples of 8), lds8 from shared memory (the per-head parameters).
-__device__ __forceinline__ void ldg8a(const float* p, float (&x)[8]) {
-  const float4 a = __ldg(reinterpret_cast<const float4*>(p)), b = __ldg(reinterpret_cast<const float4*>(p + 4));
-  x[0] = a.x, x[1] = a.y, x[2] = a.z, x[3] = a.w, x[4] = b.x, x[5] = b.y, x[6] = b.z, x[7] = b.w;
-}
+// 8 consecutive fp32 of shared memory (the per-head parameters), 16-byte aligned.
 __device__ __forceinline__ void lds8(const float* p, float (&x)[8]) {
   const float4 a = *reinterpret_cast<const float4*>(p), b = *reinterpret_cast<const float4*>(p + 4);
   x[0] = a.x, x[1] = a.y, x[2] = a.z, x[3] = a.w, x[4] = b.x, x[5] = b.y, x[6] = b.z, x[7] = b.w;
@@ -164,20 +159,39 @@ __global__ void __launch_bounds__(kThr, 1) mimo_bwd_bwd_sm90_kernel(const KParam
     // waited: the other fifteen warps waited for that at barrier (1) (15 % of the v14 profile's samples). The step
     // weights are now computed where P1 uses them, by every thread for its own accumulator pairs.
     if (warp == 0) stage_scalars_issue(kp, b, h, t0, sc);
+    // v14e: every global load of this phase is issued here, before any of it is used: one round trip per chunk
+    // instead of three in a row (q/k, then the angles behind the bias adds, then v, then z/dout).
+    const bool qk_item = tid < kM * (N_ / 16);
+    const int qi = tid / (N_ / 16), qcc = tid % (N_ / 16), qs = qi >> lR, qr = qi & (R - 1);
+    const int qc1 = 8 * qcc, qc2 = qc1 + half;
+    uint4 rq1{}, rq2{}, rk1{}, rk2{};
+    float4 th0{}, th1{};
+    if (qk_item) {
+      const size_t qrow = ((tok0 + qs) * R * d.G + static_cast<size_t>(qr) * d.G + g_) * N_;
+      rq1 = __ldg(reinterpret_cast<const uint4*>(kp.in.q + qrow + qc1));
+      rq2 = __ldg(reinterpret_cast<const uint4*>(kp.in.q + qrow + qc2));
+      rk1 = __ldg(reinterpret_cast<const uint4*>(kp.in.k + qrow + qc1));
+      rk2 = __ldg(reinterpret_cast<const uint4*>(kp.in.k + qrow + qc2));
+      if (qc1 < n_ang) {
+        const float* ap = kp.in.angles + ((tok0 + qs) * d.H + h) * n_ang + qc1;
+        // 16-byte aligned: the angles pointer is checked by the refusal, the offsets are multiples of 8
+        th0 = __ldg(reinterpret_cast<const float4*>(ap)), th1 = __ldg(reinterpret_cast<const float4*>(ap + 4));
+      }
+    }
+    const int vi = tid >> 3, vp0 = 8 * (tid & 7), vs = vi >> lR;
+    const size_t vgi = ((tok0 + vs) * d.H + h) * kP + vp0;
+    const uint4 rx = __ldg(reinterpret_cast<const uint4*>(kp.in.v + vgi));
+    const uint4 rz = __ldg(reinterpret_cast<const uint4*>(kp.in.z + vgi));
+    const uint4 rdo = __ldg(reinterpret_cast<const uint4*>(kp.dout + vgi));
     // Q̄, K̄: item (row i, 8 columns cc·8..) with its partner columns + N/2; bias, rotation, bf16, swizzled store
-    if (tid < kM * (N_ / 16)) {
-      const int i = tid / (N_ / 16), cc = tid % (N_ / 16), s = i >> lR, r = i & (R - 1), c1 = 8 * cc, c2 = c1 + half;
-      const size_t qrow = ((tok0 + s) * R * d.G + static_cast<size_t>(r) * d.G + g_) * N_;
+    if (qk_item) {
+      const int i = qi, r = qr, c1 = qc1, c2 = qc2;
       float q1[8], q2[8], k1[8], k2[8];
-      unpack8(__ldg(reinterpret_cast<const uint4*>(kp.in.q + qrow + c1)), q1);
-      unpack8(__ldg(reinterpret_cast<const uint4*>(kp.in.q + qrow + c2)), q2);
-      unpack8(__ldg(reinterpret_cast<const uint4*>(kp.in.k + qrow + c1)), k1);
-      unpack8(__ldg(reinterpret_cast<const uint4*>(kp.in.k + qrow + c2)), k2);
+      unpack8(rq1, q1), unpack8(rq2, q2), unpack8(rk1, k1), unpack8(rk2, k2);
       add8(q1, qbias + r * N_ + c1), add8(q2, qbias + r * N_ + c2);
       add8(k1, kbias + r * N_ + c1), add8(k2, kbias + r * N_ + c2);
       if (c1 < n_ang) {
-        float th[8];
-        ldg8a(kp.in.angles + ((tok0 + s) * d.H + h) * n_ang + c1, th);
+        const float th[8] = {th0.x, th0.y, th0.z, th0.w, th1.x, th1.y, th1.z, th1.w};
 #pragma unroll
         for (int e = 0; e < 8; ++e) {
           float sn, cs;
@@ -193,9 +207,8 @@ __global__ void __launch_bounds__(kThr, 1) mimo_bwd_bwd_sm90_kernel(const KParam
     }
     // V = bf16(x·Ψ) (or the PsiV cache), g = bf16(dout·Φ·silu(z·Ζ)): item (row i, 8 columns); raw x → Xs
     {
-      const int i = tid >> 3, p0 = 8 * (tid & 7), s = i >> lR, r = i & (R - 1);
-      const size_t gi = ((tok0 + s) * d.H + h) * kP + p0;
-      const uint4 xr = __ldg(reinterpret_cast<const uint4*>(kp.in.v + gi));
+      const int i = vi, p0 = vp0, s = vs, r = i & (R - 1);
+      const uint4 xr = rx;
       if (r == 0) *reinterpret_cast<uint4*>(Xs + s * kP + p0) = xr;
       if (kp.in.psiv_cache != nullptr) {
         *tile16(L.v, i, p0) =
@@ -209,8 +222,8 @@ __global__ void __launch_bounds__(kThr, 1) mimo_bwd_bwd_sm90_kernel(const KParam
         *tile16(L.v, i, p0) = pack8(x);
       }
       float z[8], go[8], ph[8], zt[8];
-      unpack8(__ldg(reinterpret_cast<const uint4*>(kp.in.z + gi)), z);
-      unpack8(__ldg(reinterpret_cast<const uint4*>(kp.dout + gi)), go);
+      unpack8(rz, z);
+      unpack8(rdo, go);
       lds8(phi + r * kP + p0, ph);
       lds8(zeta + r * kP + p0, zt);
 #pragma unroll
