@@ -226,7 +226,7 @@ __global__ void __launch_bounds__(kThr, MINB) mimo_chunk_sm90_kernel(const KPara
   // (v14; v12 had one rank per lane, RG = R). RT = 4 (RG = 1 for R <= 4: pair = lane, a warp reads one row of Y
   // and z and stores 128 contiguous bytes of out; steps warp + 8k), except in the backward at 2 CTAs/SM, where RT = 2
   // bounds the dΦ/dΖ partials the thread holds over the sweep (4·RT registers). Steps sg + SG·k, SG = 8/RG.
-  constexpr int RT = R < ((BWD && MINB == 2) ? 2 : 4) ? R : ((BWD && MINB == 2) ? 2 : 4), RG = R / RT;
+  constexpr int kMaxRT = BWD && MINB == 2 ? 2 : 4, RT = R < kMaxRT ? R : kMaxRT, RG = R / RT;
   constexpr int PW = 32 / RG, SG = 8 / RG;
   const int rg = lane % RG, pe = 2 * ((warp % RG) * PW + lane / RG), sg = warp / RG;
   // BWD: this thread's dΦ / dΖ partials (ranks rg·RT + j, columns pe, pe + 1)

@@ -1,5 +1,6 @@
 // test_mimo_gpu.cpp — the Mamba-3 MIMO CUDA kernels against the float64 reference (the seeds' 11-shape gate plus
-// a G>1 case), determinism (two runs bit-identical) and the PsiV cache (on vs off equal). Skips without a GPU.
+// a G>1 case, the wgmma kernels at R <= 2), determinism (two runs bit-identical) and the PsiV cache (on vs off
+// equal). Skips without a GPU.
 #include <gtest/gtest.h>
 
 #include <cstdio>
@@ -35,7 +36,8 @@ std::string label(const MimoShape& s) {
   return buf;
 }
 
-bool gate(const MimoShape& s, uint64_t seed, bool psiv) {
+// paths (optional): the recorded wgmma / mma.sync choice of the three kernels, for tests that need a given path.
+bool gate(const MimoShape& s, uint64_t seed, bool psiv, std::string* paths = nullptr) {
   MimoInputs in = make_random_inputs(s, seed);
   round_inputs_for_gpu(in);
   const std::vector<double> dout = make_random_dout(s, seed);
@@ -55,6 +57,7 @@ bool gate(const MimoShape& s, uint64_t seed, bool psiv) {
   if (!ok) std::printf("%s", format_metric_table(ms).c_str());
   // the receipts' path column (predicted from the dims) must be what ran: a silent fallback would fail here
   EXPECT_EQ(g.paths_observed, g.paths_predicted) << label(s);
+  if (paths != nullptr) *paths = g.paths_observed;
   return ok;
 }
 
@@ -87,6 +90,20 @@ TEST(MimoGpu, ManyHeadsTwoCtasPerSm) {
   MEGACPP_REQUIRE_GPU();
   EXPECT_TRUE(gate(make_shape(2, 64, 72, 8, {128, 64, 4, 16}), 82, false));
   EXPECT_TRUE(gate(make_shape(2, 64, 72, 2, {64, 64, 4, 16}), 83, false));
+}
+
+// R = 2 and R = 1 with M = Lc·R = 64 (N = 64: the internal chunk is 32 / 64 steps) run the wgmma kernels, which the
+// seed shapes (N = 128 there: M = 32, mma.sync) do not reach: the forward's step-weight table in its own region
+// (R = 2) or the weights computed inline (R = 1), the two-steps-per-lane chunk scalars (Lc > 16), an epilogue thread
+// holding all of its pair's ranks (RG = 1), and mimo_bwd_bwd's inline mask weights at R ≤ 2.
+TEST(MimoGpu, WgmmaLowRanks) {
+  MEGACPP_REQUIRE_GPU();
+  for (const Case c : {Case{64, 64, 2, 32}, Case{64, 64, 1, 64}}) {
+    const MimoShape s = make_shape(1, 4 * c.L, 4, 2, c);
+    std::string paths;
+    EXPECT_TRUE(gate(s, 90 + c.R, false, &paths)) << label(s);
+    EXPECT_EQ(paths.find("mma.sync"), std::string::npos) << label(s) << ": " << paths;
+  }
 }
 
 std::vector<std::vector<double>> flat(const GpuRunResult& r) {
