@@ -236,12 +236,7 @@ __global__ void __launch_bounds__(kThr, 1) mimo_bwd_bwd_sm90_kernel(const KParam
     cp_async_wait_all();
     if (warp == 0) {
       __syncwarp();
-      float al;
-      if constexpr (Lc <= 16)
-        al = chunk_scalars_staged_lane(Lc, d.S, t0, sc);  // as the forward chunk loop: the same summation order
-      else
-        al = chunk_scalars_staged(Lc, d.S, t0, sc);
-      if (lane == 0) sc[kWork * kMaxLc] = al;
+      chunk_scalars_staged_for<Lc>(d.S, t0, sc);  // as the forward chunk loop: the same summation order
     }
     fence_proxy_async();
     __syncthreads();  // (1)

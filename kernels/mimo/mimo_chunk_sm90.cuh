@@ -200,14 +200,7 @@ __global__ void __launch_bounds__(kThr, MINB) mimo_chunk_sm90_kernel(const KPara
   // After chunk c's copies landed (wait + barrier): warp 0 turns the staged raw scalars into the chunk scalars;
   // the forward's (sin, cos) table of the chunk's angles (once per (step, angle), not once per rank).
   auto prep = [&](int c) {
-    if (warp == 0) {
-      float al;
-      if constexpr (Lc <= 16)
-        al = chunk_scalars_staged_lane(Lc, d.S, c * Lc, sc);
-      else
-        al = chunk_scalars_staged(Lc, d.S, c * Lc, sc);
-      if (lane == 0) sc[kWork * kMaxLc] = al;
-    }
+    if (warp == 0) chunk_scalars_staged_for<Lc>(d.S, c * Lc, sc);
     if constexpr (kTable) {
       for (int i = tid; i < Lc * n_ang; i += kThr) {
         const int s = i >> (lac + 2), a = i & (n_ang - 1);

@@ -392,6 +392,14 @@ __device__ inline float chunk_scalars_staged_lane(int Lc, int S, int t0, float* 
   if (s < Lc) fac[0] = gam[0] + gt;
   return chunk_scalars_finish<1>(x, gam, fac, sg, dtv, Lc, sc);
 }
+// Warp 0, chunk length LC known at compile time (the wgmma kernels): one step per lane where it fits (LC ≤ 16), else
+// two; a_last goes to sc[kWork] (lane 0) as well as being returned.
+template <int LC>
+__device__ inline float chunk_scalars_staged_for(int S, int t0, float* sc) {
+  const float al = LC <= 16 ? chunk_scalars_staged_lane(LC, S, t0, sc) : chunk_scalars_staged(LC, S, t0, sc);
+  if ((threadIdx.x & 31) == 0) sc[kWork * kMaxLc] = al;
+  return al;
+}
 
 
 template <int CW>
